@@ -1,0 +1,1 @@
+"""One converter per SMR source: each reads that source's released files and yields records."""

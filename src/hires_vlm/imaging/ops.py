@@ -1,0 +1,194 @@
+"""Pixel operations: load, convert to RGB, pad, resize, normalise, cut tiles.
+
+Pure functions on Pillow images and tensors; no ``nn.Module``. Resizing is Pillow's bicubic
+filter, which is antialiased when it shrinks (the CLIP processor's default), so a view made here
+loses the high frequencies a real tower's preprocessing loses.
+
+Tensor legend used in this package: ``[v x c x s x s]`` views (v views, c = 3 channels, s = tile
+size), ``[c x H x W]`` one canvas.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pixels above which an image is refused. Pillow warns at ~89M and refuses at ~179M pixels; we
+# refuse clearly instead of letting a decompression bomb eat the host's memory.
+MAX_IMAGE_PIXELS = 178_956_970
+
+
+class ImageLoadError(ValueError):
+    """An image file could not be used. The message names the file, the cause and the fix."""
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open ``path`` fully (so truncation is detected here, not later) and return an RGB image."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageLoadError(f"image file not found: {path!r} (check the path and the image folder)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageLoadError(
+                        f"image {path!r} has {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}; "
+                        "downscale it first or raise max_pixels"
+                    )
+                img.load()
+                return to_rgb(img)
+    except ImageLoadError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"cannot read image {path!r}: {exc}; is it an image file Pillow supports?") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"image {path!r} is corrupt or truncated ({exc}); re-download or remove it") from exc
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Apply the EXIF orientation and convert any Pillow mode to 8-bit RGB.
+
+    Transparency (RGBA, LA, P with a transparent index) is composited over ``background``
+    (white, as transformers does); 16- and 32-bit greyscale (I;16, I, F) is rescaled to 0–255
+    from its own range instead of being clipped; CMYK, YCbCr, LAB, HSV and 1-bit go through
+    Pillow's converters.
+    """
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not lose the image
+        pass
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = (0.0, 65535.0) if mode.startswith("I;16") else (float(arr.min()), float(arr.max()))
+        if mode in ("I", "F") and hi - lo < 1e-12:
+            hi = lo + 1.0
+        arr = np.clip((arr - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return img.convert("RGB")
+
+
+def mean_fill(mean: Sequence[float]) -> tuple[int, int, int]:
+    """The 0–255 colour of a normalisation mean, LLaVA's ``expand2square`` background."""
+    return tuple(int(round(m * 255)) for m in mean)  # type: ignore[return-value]
+
+
+def expand_to_square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """Pad the shorter side symmetrically (extra pixel at the end) so the image is square."""
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    out = Image.new("RGB", (side, side), fill)
+    out.paste(img, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+def resize(img: Image.Image, size: Sequence[int]) -> Image.Image:
+    """Resize to exactly (width, height) with antialiased bicubic."""
+    size = (int(size[0]), int(size[1]))
+    if img.size == size:
+        return img
+    return img.resize(size, Image.Resampling.BICUBIC)
+
+
+def fit_size(image_size: Sequence[int], canvas: Sequence[int]) -> tuple[int, int]:
+    """Size of the image scaled to fit ``canvas`` with its aspect kept (LLaVA: ceil, capped)."""
+    w, h = image_size
+    cw, ch = canvas
+    sw, sh = cw / w, ch / h
+    if sw < sh:
+        return cw, min(math.ceil(h * sw), ch)
+    return min(math.ceil(w * sh), cw), ch
+
+
+def content_box(image_size: Sequence[int], canvas: Sequence[int]) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the fitted image centred on the canvas."""
+    nw, nh = fit_size(image_size, canvas)
+    left, top = (canvas[0] - nw) // 2, (canvas[1] - nh) // 2
+    return left, top, left + nw, top + nh
+
+
+def resize_and_pad(img: Image.Image, canvas: Sequence[int], fill: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+    """Resize keeping the aspect ratio to fit ``canvas`` (w, h), centre it on ``fill`` padding."""
+    canvas = (int(canvas[0]), int(canvas[1]))
+    left, top, right, bottom = content_box(img.size, canvas)
+    scaled = resize(img, (right - left, bottom - top))
+    if scaled.size == canvas:
+        return scaled
+    out = Image.new("RGB", canvas, fill)
+    out.paste(scaled, (left, top))
+    return out
+
+
+def normalize(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 RGB image → float tensor ``[c x H x W]``, ``(x/255 − mean)/std``."""
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # [H x W x c]
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32)
+    shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32)
+    return (arr.to(torch.float32) * scale - shift).permute(2, 0, 1).contiguous()
+
+
+def cut_tiles(canvas: torch.Tensor, cols: int, rows: int, tile_size: int) -> torch.Tensor:
+    """Contiguous tiles, row-major: ``[c x rows·S x cols·S]`` → ``[rows·cols x c x S x S]``.
+
+    Tile k = i·cols + j holds pixels ``[i·S:(i+1)·S, j·S:(j+1)·S]``.
+    """
+    c, height, width = canvas.shape
+    s = tile_size
+    if height != rows * s or width != cols * s:
+        raise ValueError(f"canvas {width}x{height} is not a {cols}x{rows} grid of {s}px tiles")
+    tiles = canvas.reshape(c, rows, s, cols, s).permute(1, 3, 0, 2, 4)
+    return tiles.reshape(rows * cols, c, s, s)
+
+
+def cut_strided(canvas: torch.Tensor, cols: int, rows: int, tile_size: int) -> torch.Tensor:
+    """Strided ("global") tiles, row-major: tile (i, j) takes pixel (x, y) = (j + u·cols, i + v·rows).
+
+    Each tile is a subsampled view of the whole image; together they hold every pixel once.
+    ``[c x rows·S x cols·S]`` → ``[rows·cols x c x S x S]``.
+    """
+    c, height, width = canvas.shape
+    s = tile_size
+    if height != rows * s or width != cols * s:
+        raise ValueError(f"canvas {width}x{height} is not a {cols}x{rows} grid of {s}px tiles")
+    # y = v·rows + i, x = u·cols + j  →  [c, v, i, u, j] → [i, j, c, v, u]
+    tiles = canvas.reshape(c, s, rows, s, cols).permute(2, 4, 0, 1, 3)
+    return tiles.reshape(rows * cols, c, s, s)
+
+
+def merge_tiles(tiles: torch.Tensor, cols: int, rows: int) -> torch.Tensor:
+    """Inverse of ``cut_tiles`` for any trailing layout: ``[rows·cols x c x h x w]`` → ``[c x rows·h x cols·w]``."""
+    n, c, h, w = tiles.shape
+    if n != rows * cols:
+        raise ValueError(f"{n} tiles cannot form a {cols}x{rows} grid")
+    return tiles.reshape(rows, cols, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
+
+
+def merge_strided(tiles: torch.Tensor, cols: int, rows: int) -> torch.Tensor:
+    """Inverse of ``cut_strided`` (de-interleaving): ``[rows·cols x c x h x w]`` → ``[c x rows·h x cols·w]``.
+
+    Element (v, u) of tile (i, j) lands at row v·rows + i, column u·cols + j.
+    """
+    n, c, h, w = tiles.shape
+    if n != rows * cols:
+        raise ValueError(f"{n} tiles cannot form a {cols}x{rows} grid")
+    return tiles.reshape(rows, cols, c, h, w).permute(2, 3, 0, 4, 1).reshape(c, h * rows, w * cols)

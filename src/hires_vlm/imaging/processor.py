@@ -1,0 +1,266 @@
+"""The image processor: images of any size and mode → a flat batch of S×S views + a cut record each.
+
+A method describes what it needs with an :class:`ImagingSpec` (grid rule, canvas, which views);
+the processor turns a list of images into ``pixel_values [v x c x S x S]`` holding every view of
+every image back to back — no padding views, no dummy views — and one :class:`CutRecord` per
+image saying how it was cut. View order inside one image is fixed:
+``[global] + contiguous tiles (row-major) + strided tiles (row-major) + [low-resolution]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import grids, ops
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class GridRule(str, enum.Enum):
+    NONE = "none"  # no tiles (LLaVA-1.5)
+    ANYRES = "anyres"  # LLaVA-NeXT select_best_resolution over grid_candidates
+    SLIME_PAPER = "slime_paper"  # SliME paper: 1..max_cols × 1..max_rows
+    UHD = "uhd"  # SliME official: 2..max_tiles+1 tiles
+    FIXED = "fixed"  # INF-LLaVA official: always fixed_grid (3×3)
+    FLOOR = "floor"  # INF-LLaVA paper: ⌊W/S⌋ × ⌊H/S⌋, capped
+
+
+class Canvas(str, enum.Enum):
+    FIT = "fit"  # resize keeping aspect to fit the grid canvas, centre-pad black (LLaVA-NeXT)
+    PAD_SQUARE = "pad_square"  # pad to square with the mean colour, then resize to the canvas (INF official)
+    STRETCH = "stretch"  # resize to the canvas exactly (aspect changes slightly; INF paper)
+
+
+class GlobalView(str, enum.Enum):
+    NONE = "none"
+    PAD = "pad"  # pad to square with the mean colour, resize to S (LLaVA-1.5 "pad")
+    SQUASH = "squash"  # resize to S×S, aspect distorted (LLaVA-NeXT base image)
+
+
+class LowRes(str, enum.Enum):
+    NONE = "none"
+    CANVAS_BICUBIC = "canvas_bicubic"  # bicubic downsample of the normalised canvas, no antialias (INF official)
+    ANTIALIAS = "antialias"  # antialiased resize of the canvas image to S×S
+
+
+VIEW_GLOBAL, VIEW_TILE, VIEW_STRIDED, VIEW_LOWRES = "global", "tile", "strided", "lowres"
+
+
+def _enum(cls, value, name):
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in cls)
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {choices}") from None
+
+
+@dataclass(frozen=True)
+class ImagingSpec:
+    """What views a method needs. Every field has a closed set of values."""
+
+    tile_size: int
+    grid_rule: GridRule = GridRule.NONE
+    grid_candidates: tuple[tuple[int, int], ...] = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))  # (cols, rows)
+    max_cols: int = 6
+    max_rows: int = 6
+    max_tiles: int = 6
+    fixed_grid: tuple[int, int] = (3, 3)
+    canvas: Canvas = Canvas.FIT
+    global_view: GlobalView = GlobalView.PAD
+    local_tiles: bool = False
+    strided_tiles: bool = False
+    lowres: LowRes = LowRes.NONE
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+
+    def __post_init__(self):
+        object.__setattr__(self, "grid_rule", _enum(GridRule, self.grid_rule, "grid_rule"))
+        object.__setattr__(self, "canvas", _enum(Canvas, self.canvas, "canvas"))
+        object.__setattr__(self, "global_view", _enum(GlobalView, self.global_view, "global_view"))
+        object.__setattr__(self, "lowres", _enum(LowRes, self.lowres, "lowres"))
+        object.__setattr__(self, "grid_candidates", tuple((int(c), int(r)) for c, r in self.grid_candidates))
+        object.__setattr__(self, "fixed_grid", (int(self.fixed_grid[0]), int(self.fixed_grid[1])))
+        object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
+        object.__setattr__(self, "std", tuple(float(x) for x in self.std))
+        if self.tile_size < 1:
+            raise ValueError(f"tile_size must be positive, got {self.tile_size}")
+        if (self.local_tiles or self.strided_tiles) and self.grid_rule is GridRule.NONE:
+            raise ValueError("tiles were asked for but grid_rule is 'none'")
+        if self.grid_rule is GridRule.ANYRES and not self.grid_candidates:
+            raise ValueError("grid_rule 'anyres' needs at least one grid candidate")
+        if not (self.local_tiles or self.strided_tiles or self.global_view is not GlobalView.NONE
+                or self.lowres is not LowRes.NONE):
+            raise ValueError("the imaging spec produces no view at all")
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        for k, v in out.items():
+            if isinstance(v, enum.Enum):
+                out[k] = v.value
+        out["grid_candidates"] = [list(p) for p in self.grid_candidates]
+        out["fixed_grid"] = list(self.fixed_grid)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ImagingSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown imaging fields {sorted(unknown)}; valid: {sorted(names)}")
+        d = dict(d)
+        if "grid_candidates" in d:
+            d["grid_candidates"] = tuple(tuple(p) for p in d["grid_candidates"])
+        return cls(**d)
+
+    # ------------------------------------------------------------------ geometry
+    def grid_for(self, image_size: Sequence[int]) -> tuple[int, int]:
+        """(columns, rows) of tiles for an image of (width, height); (0, 0) when there are no tiles."""
+        s = self.tile_size
+        rule = self.grid_rule
+        if rule is GridRule.NONE:
+            return 0, 0
+        if rule is GridRule.ANYRES:
+            return grids.anyres_grid(image_size, self.grid_candidates, s)
+        if rule is GridRule.SLIME_PAPER:
+            return grids.slime_paper_grid(image_size, s, self.max_cols, self.max_rows)
+        if rule is GridRule.UHD:
+            return grids.uhd_grid(image_size, s, self.max_tiles)
+        if rule is GridRule.FIXED:
+            return self.fixed_grid
+        if rule is GridRule.FLOOR:
+            return grids.floor_grid(image_size, s, self.max_cols, self.max_rows)
+        raise AssertionError(rule)
+
+    def record_for(self, image_size: Sequence[int]) -> "CutRecord":
+        """The cut of an image of this size, computed without touching pixels."""
+        w, h = grids._check_size(image_size)
+        cols, rows = self.grid_for((w, h))
+        canvas = (cols * self.tile_size, rows * self.tile_size)
+        if cols == 0:
+            box = (0, 0, 0, 0)
+        elif self.canvas is Canvas.FIT:
+            box = ops.content_box((w, h), canvas)
+        elif self.canvas is Canvas.PAD_SQUARE:
+            side = max(w, h)
+            sx, sy = canvas[0] / side, canvas[1] / side
+            left, top = (side - w) // 2, (side - h) // 2
+            box = (round(left * sx), round(top * sy), round((left + w) * sx), round((top + h) * sy))
+        else:
+            box = (0, 0, canvas[0], canvas[1])
+        kinds: list[str] = []
+        if self.global_view is not GlobalView.NONE:
+            kinds.append(VIEW_GLOBAL)
+        if self.local_tiles:
+            kinds += [VIEW_TILE] * (cols * rows)
+        if self.strided_tiles:
+            kinds += [VIEW_STRIDED] * (cols * rows)
+        if self.lowres is not LowRes.NONE:
+            kinds.append(VIEW_LOWRES)
+        return CutRecord((w, h), self.tile_size, (cols, rows), canvas, box, tuple(kinds))
+
+
+@dataclass(frozen=True)
+class CutRecord:
+    """How one image was cut. Sizes (width, height), grid (columns, rows), views in tensor order."""
+
+    image_size: tuple[int, int]
+    tile_size: int
+    grid: tuple[int, int]
+    canvas_size: tuple[int, int]
+    content_box: tuple[int, int, int, int]  # (left, top, right, bottom) of the image on the canvas
+    views: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def num_views(self) -> int:
+        return len(self.views)
+
+    def index(self, kind: str) -> list[int]:
+        """Positions of the views of one kind ('global', 'tile', 'strided', 'lowres')."""
+        return [i for i, k in enumerate(self.views) if k == kind]
+
+    def to_dict(self) -> dict:
+        return {
+            "image_size": list(self.image_size),
+            "tile_size": self.tile_size,
+            "grid": list(self.grid),
+            "canvas_size": list(self.canvas_size),
+            "content_box": list(self.content_box),
+            "views": list(self.views),
+        }
+
+
+@dataclass
+class ImageBatch:
+    """``pixel_values [v x c x S x S]`` for all images back to back, and one record per image."""
+
+    pixel_values: torch.Tensor
+    records: list[CutRecord]
+
+    @property
+    def views_per_image(self) -> list[int]:
+        return [r.num_views for r in self.records]
+
+
+class HiResImageProcessor:
+    """Cuts images into views following an :class:`ImagingSpec`. Works on any tile size."""
+
+    def __init__(self, spec: ImagingSpec):
+        self.spec = spec
+
+    def __repr__(self) -> str:
+        return f"HiResImageProcessor({self.spec})"
+
+    def preprocess_one(self, image: Image.Image) -> tuple[torch.Tensor, CutRecord]:
+        spec = self.spec
+        image = ops.to_rgb(image)
+        record = spec.record_for(image.size)
+        s = spec.tile_size
+        cols, rows = record.grid
+        views: list[torch.Tensor] = []
+        if spec.global_view is GlobalView.PAD:
+            g = ops.resize(ops.expand_to_square(image, ops.mean_fill(spec.mean)), (s, s))
+            views.append(ops.normalize(g, spec.mean, spec.std)[None])
+        elif spec.global_view is GlobalView.SQUASH:
+            views.append(ops.normalize(ops.resize(image, (s, s)), spec.mean, spec.std)[None])
+        canvas_t = None
+        canvas_img = None
+        if spec.local_tiles or spec.strided_tiles or spec.lowres is not LowRes.NONE:
+            if cols == 0:
+                raise AssertionError("tiles requested without a grid")
+            if spec.canvas is Canvas.FIT:
+                canvas_img = ops.resize_and_pad(image, record.canvas_size, (0, 0, 0))
+            elif spec.canvas is Canvas.PAD_SQUARE:
+                canvas_img = ops.resize(ops.expand_to_square(image, ops.mean_fill(spec.mean)), record.canvas_size)
+            else:
+                canvas_img = ops.resize(image, record.canvas_size)
+            canvas_t = ops.normalize(canvas_img, spec.mean, spec.std)
+        if spec.local_tiles:
+            views.append(ops.cut_tiles(canvas_t, cols, rows, s))
+        if spec.strided_tiles:
+            views.append(ops.cut_strided(canvas_t, cols, rows, s))
+        if spec.lowres is LowRes.CANVAS_BICUBIC:
+            low = F.interpolate(canvas_t[None], size=(s, s), mode="bicubic", align_corners=False)
+            views.append(low)
+        elif spec.lowres is LowRes.ANTIALIAS:
+            views.append(ops.normalize(ops.resize(canvas_img, (s, s)), spec.mean, spec.std)[None])
+        return torch.cat(views, 0), record
+
+    def __call__(self, images: Sequence[Image.Image] | Image.Image) -> ImageBatch:
+        if isinstance(images, Image.Image):
+            images = [images]
+        tensors, records = [], []
+        for img in images:
+            t, r = self.preprocess_one(img)
+            tensors.append(t)
+            records.append(r)
+        s = self.spec.tile_size
+        pixel_values = torch.cat(tensors, 0) if tensors else torch.zeros(0, 3, s, s)
+        return ImageBatch(pixel_values, records)

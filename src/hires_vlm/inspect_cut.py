@@ -1,0 +1,165 @@
+"""``hires-vlm inspect``: how a method cuts an image and how many visual tokens it gets.
+
+Pure geometry (no model) unless routing is asked for: the grid, the views, and the upper bound of
+visual tokens. The tower geometry defaults to CLIP-L/14-336 (S = 336, 24×24 tokens per view); a
+saved model directory gives its own geometry and method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from .imaging import CLIP_MEAN, CLIP_STD, CutRecord, ImagingSpec
+from .methods import MethodConfig, resolve_method_config
+
+
+@dataclass
+class Geometry:
+    tile_size: int = 336
+    patch_size: int = 14
+    mean: tuple = CLIP_MEAN
+    std: tuple = CLIP_STD
+
+    @property
+    def grid(self) -> int:
+        return self.tile_size // self.patch_size
+
+
+def load_method_spec(method: str | None, config_file: str | None):
+    """The method from ``--method`` (preset), a method YAML/JSON, or a training config's ``model.method``."""
+    if config_file:
+        import yaml
+
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"config file not found: {config_file!r}")
+        with open(config_file) as f:
+            raw = yaml.safe_load(f)
+        if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
+            raw = raw["model"].get("method", raw)
+        if isinstance(raw, dict) and "method" in raw and not ({"name", "preset"} & set(raw)):
+            raw = raw["method"]
+        if method and isinstance(raw, dict):
+            raw = {**raw}
+            if "name" not in raw and "preset" not in raw:
+                raw["preset"] = method
+        return resolve_method_config(raw)
+    return resolve_method_config(method or "llava_hd")
+
+
+def describe(image_size: tuple[int, int], cfg: MethodConfig, geo: Geometry) -> tuple[dict, CutRecord, ImagingSpec]:
+    spec = cfg.imaging_spec(geo.tile_size, geo.mean, geo.std)
+    rec = spec.record_for(image_size)
+    kinds: dict[str, int] = {}
+    for k in rec.views:
+        kinds[k] = kinds.get(k, 0) + 1
+    info = {
+        "method": cfg.name,
+        "image_size": list(rec.image_size),
+        "tile_size": geo.tile_size,
+        "patch_size": geo.patch_size,
+        "grid": list(rec.grid),
+        "canvas_size": list(rec.canvas_size),
+        "content_box": list(rec.content_box),
+        "num_views": rec.num_views,
+        "views": kinds,
+        "view_order": list(rec.views),
+        "visual_tokens": cfg.max_visual_tokens(rec, geo.grid),
+        "method_config": cfg.to_dict(),
+    }
+    return info, rec, spec
+
+
+def format_text(info: dict) -> str:
+    lines = [
+        f"method         {info['method']}",
+        f"image          {info['image_size'][0]} x {info['image_size'][1]} (width x height)",
+        f"tile size      {info['tile_size']} px, {info['tile_size'] // info['patch_size']}x"
+        f"{info['tile_size'] // info['patch_size']} tokens per view",
+        f"grid           {info['grid'][0]} columns x {info['grid'][1]} rows"
+        + (f" (canvas {info['canvas_size'][0]} x {info['canvas_size'][1]})" if info['grid'][0] else " (no tiles)"),
+        f"views          {info['num_views']}: " + ", ".join(f"{n} {k}" for k, n in info["views"].items()),
+        f"visual tokens  {info['visual_tokens']}" + (" (upper bound before routing)" if "visual_tokens_after_routing" in info
+                                                     or info["method"] == "slime" else ""),
+    ]
+    if "visual_tokens_after_routing" in info:
+        lines.append(f"after routing  {info['visual_tokens_after_routing']} (γ = {info.get('router_gamma')})")
+    return "\n".join(lines)
+
+
+def save_figure(image, rec: CutRecord, spec: ImagingSpec, info: dict, path: str) -> None:
+    """The image with the tile grid drawn on the canvas, and every view as a thumbnail."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    from .imaging import HiResImageProcessor
+
+    views, _ = HiResImageProcessor(spec).preprocess_one(image)
+    mean = torch.tensor(spec.mean).view(3, 1, 1)
+    std = torch.tensor(spec.std).view(3, 1, 1)
+    thumbs = [(v * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() for v in views]
+    n = len(thumbs)
+    cols = min(n, 8)
+    rows_t = (n + cols - 1) // cols
+    fig = plt.figure(figsize=(2.0 * max(cols, 3), 3.2 + 2.0 * rows_t))
+    gs = fig.add_gridspec(1 + rows_t, cols, height_ratios=[3.2] + [2.0] * rows_t)
+    ax = fig.add_subplot(gs[0, :])
+    ax.imshow(np.asarray(image.convert("RGB")))
+    c, r = rec.grid
+    if c:
+        left, top, right, bottom = rec.content_box
+        sx = image.size[0] / max(right - left, 1)
+        sy = image.size[1] / max(bottom - top, 1)
+        for j in range(c + 1):
+            x = (j * rec.tile_size - left) * sx
+            ax.axvline(x, color="yellow", lw=1)
+        for i in range(r + 1):
+            y = (i * rec.tile_size - top) * sy
+            ax.axhline(y, color="yellow", lw=1)
+        ax.set_xlim(-left * sx, (rec.canvas_size[0] - left) * sx)
+        ax.set_ylim((rec.canvas_size[1] - top) * sy, -top * sy)
+    ax.set_title(f"{info['method']}: grid {c}x{r}, {info['num_views']} views, {info['visual_tokens']} visual tokens")
+    ax.axis("off")
+    for k, (thumb, kind) in enumerate(zip(thumbs, rec.views)):
+        a = fig.add_subplot(gs[1 + k // cols, k % cols])
+        a.imshow(thumb)
+        a.set_title(f"{k}: {kind}", fontsize=8)
+        a.axis("off")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run_inspect(image_path: str, method: str | None = None, config_file: str | None = None,
+                model_dir: str | None = None, tile_size: int | None = None, patch_size: int | None = None,
+                as_json: bool = False, figure: str | None = None) -> tuple[str, dict]:
+    from .imaging import load_image
+
+    image = load_image(image_path)
+    geo = Geometry()
+    if model_dir:
+        from .model import HiResVLMConfig
+
+        mc = HiResVLMConfig.from_pretrained(model_dir)
+        geo = Geometry(int(mc.vision_config.image_size), int(mc.vision_config.patch_size),
+                       tuple(mc.image_mean), tuple(mc.image_std))
+        cfg = resolve_method_config(mc.method) if not (method or config_file) else load_method_spec(method, config_file)
+    else:
+        cfg = load_method_spec(method, config_file)
+    if tile_size:
+        geo.tile_size = tile_size
+    if patch_size:
+        geo.patch_size = patch_size
+    info, rec, spec = describe(image.size, cfg, geo)
+    if figure:
+        save_figure(image, rec, spec, info, figure)
+        info["figure"] = figure
+    text = json.dumps(info) if as_json else format_text(info)
+    return text, info

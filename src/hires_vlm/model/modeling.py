@@ -1,0 +1,312 @@
+"""Stage 5 of the pipeline — ``HiResVLM``: vision tower + method connector + causal LM.
+
+The text carries one ``<image>`` token per image; the model replaces each by that image's visual
+tokens (their number can depend on the text — SliME's router — so the expansion happens here, as
+in original LLaVA, and not in the processor), masks their labels, and re-pads the batch: right
+padding for training, left padding for generation. ``generate`` hands the merged embeddings to
+the LM's own ``generate`` (KV cache, every decoding strategy of transformers).
+
+Shapes: ``input_ids [b x l]``, ``pixel_values [v x c x S x S]`` (all views of all images back to
+back), ``image_sizes [n x 2]`` (width, height) per image in placeholder order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers import initialization as hf_init
+from transformers.utils import ModelOutput
+
+from ..imaging import CutRecord, HiResImageProcessor, ImagingSpec
+from ..methods import Dims, VisualMethod, build_method, resolve_method_config
+from ..text import IGNORE_INDEX
+from ..vision import VisionTower
+from .configuration import HiResVLMConfig
+
+
+@dataclass
+class HiResVLMOutput(ModelOutput):
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Any = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+    labels: torch.LongTensor | None = None  # labels after image expansion (aligned with logits)
+    attention_mask: torch.LongTensor | None = None  # attention mask after image expansion
+    visual_tokens: torch.LongTensor | None = None  # visual tokens per image
+    visual_aux: dict | None = None  # method observables (gate weights, kept tokens, …)
+
+
+@dataclass
+class MergedInputs:
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor | None
+    visual_tokens: torch.Tensor
+    visual_aux: dict
+
+
+class HiResVLMPreTrainedModel(PreTrainedModel):
+    config_class = HiResVLMConfig
+    base_model_prefix = "hires_vlm"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _skip_keys_device_placement = "past_key_values"
+
+    def _init_weights(self, module):
+        # Connector modules that need a specific initialisation (zero gates, scaled newline, …)
+        # define ``init_parameters``; everything else gets the library's default.
+        if hasattr(module, "init_parameters"):
+            module.init_parameters(hf_init)
+        elif isinstance(module, VisualMethod):
+            for p in module.parameters(recurse=False):
+                hf_init.normal_(p, mean=0.0, std=p.shape[-1] ** -0.5)
+        else:
+            super()._init_weights(module)
+
+
+class HiResVLM(HiResVLMPreTrainedModel):
+    """A LLaVA-style model over any transformers vision tower and any causal LM."""
+
+    def __init__(self, config: HiResVLMConfig):
+        super().__init__(config)
+        tower = AutoModel.from_config(config.vision_config)
+        self.vision_tower = VisionTower(tower, config.vision_feature_layer, config.vision_chunk_size)
+        self.vision_tower.requires_grad_(False)  # frozen unless a training stage says otherwise
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        dims = Dims(
+            vision_dim=self.vision_tower.hidden_size,
+            text_dim=config.text_config.hidden_size,
+            tile_size=self.vision_tower.tile_size,
+            grid=self.vision_tower.grid,
+        )
+        self.connector = build_method(resolve_method_config(config.method), dims)
+        self._processor: HiResImageProcessor | None = None
+        self.post_init()
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained`` (safetensors) + the LM's generation config (stop tokens)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            self.language_model.generation_config.save_pretrained(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isfile(os.path.join(path, "generation_config.json")):
+            model.language_model.generation_config = GenerationConfig.from_pretrained(path)
+        return model
+
+    # ------------------------------------------------------------------ parts
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    @property
+    def imaging_spec(self) -> ImagingSpec:
+        return self.connector.imaging_spec(self.config.image_mean, self.config.image_std)
+
+    @property
+    def image_processor(self) -> HiResImageProcessor:
+        if self._processor is None:
+            self._processor = HiResImageProcessor(self.imaging_spec)
+        return self._processor
+
+    def set_method_runtime(self, **changes) -> None:
+        """Change run-time method fields (a training stage's branch, γ, …) and keep the config in step."""
+        if not changes:
+            return
+        self.connector.set_runtime(**changes)
+        self.config.method = self.connector.cfg.to_dict()
+        self._processor = None
+
+    def records_for(self, image_sizes) -> list[CutRecord]:
+        spec = self.imaging_spec
+        if image_sizes is None:
+            return []
+        sizes = image_sizes.tolist() if torch.is_tensor(image_sizes) else list(image_sizes)
+        return [spec.record_for((int(w), int(h))) for w, h in sizes]
+
+    def max_visual_tokens(self, image_size) -> int:
+        return self.connector.max_visual_tokens(self.imaging_spec.record_for(image_size))
+
+    # ------------------------------------------------------------------ images
+    def encode_images(self, pixel_values: torch.Tensor, records: list[CutRecord],
+                      text: list[torch.Tensor] | None = None):
+        """All views in one (chunked) tower forward, then the method's connector."""
+        expected = sum(r.num_views for r in records)
+        if pixel_values.shape[0] != expected:
+            raise ValueError(
+                f"pixel_values holds {pixel_values.shape[0]} views but the image sizes imply {expected}; "
+                "make pixel_values and image_sizes with the same processor"
+            )
+        feats = self.vision_tower(pixel_values)
+        conn_dtype = next(self.connector.parameters()).dtype
+        return self.connector(feats.to(conn_dtype), records, text)
+
+    def _router_text(self, embeds, input_ids, attention_mask, labels, image_owner):
+        """One [L x d] tensor of text embeddings per image: its sample's prompt (or all) text."""
+        scope = getattr(self.connector.cfg, "router_text", "prompt")
+        keep = attention_mask.bool() & (input_ids != self.config.image_token_id)
+        if scope == "prompt" and labels is not None:
+            keep &= labels == IGNORE_INDEX
+        return [embeds[b][keep[b]] for b in image_owner]
+
+    def merge_inputs(self, input_ids, attention_mask=None, pixel_values=None, image_sizes=None, labels=None,
+                     padding_side: str = "right") -> MergedInputs:
+        """Replace each ``<image>`` token by its visual tokens; re-pad the batch on ``padding_side``."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        image_id = self.config.image_token_id
+        is_img = (input_ids == image_id) & attention_mask.bool()
+        counts = is_img.sum(1).tolist()
+        records = self.records_for(image_sizes)
+        if sum(counts) != len(records):
+            raise ValueError(
+                f"the text holds {sum(counts)} image placeholder token(s) but {len(records)} image(s) were given; "
+                "use exactly one <image> per image"
+            )
+        if len(records) and pixel_values is None:
+            raise ValueError("image_sizes were given without pixel_values")
+        embed = self.get_input_embeddings()
+        text_embeds = embed(input_ids.masked_fill(input_ids == image_id, 0))
+        owner = [b for b, c in enumerate(counts) for _ in range(c)]
+        aux: dict = {}
+        visual: list[torch.Tensor] = []
+        if records:
+            text = None
+            if self.connector.uses_text:
+                text = self._router_text(text_embeds.detach() if not self.training else text_embeds,
+                                         input_ids, attention_mask, labels, owner)
+            out = self.encode_images(pixel_values, records, text)
+            visual, aux = out.tokens, out.aux
+        elif self.training and pixel_values is None:
+            # Text-only batch: run the vision path on one dummy view and add it times zero, so every
+            # rank executes the same modules (ZeRO-3 / FSDP collectives would hang otherwise).
+            spec = self.imaging_spec
+            dummy_rec = spec.record_for((spec.tile_size, spec.tile_size))
+            dummy = torch.zeros(dummy_rec.num_views, 3, spec.tile_size, spec.tile_size,
+                                device=input_ids.device, dtype=self.vision_tower.dtype)
+            toks = self.encode_images(dummy, [dummy_rec], [text_embeds[0, :1]]).tokens[0]
+            text_embeds = text_embeds + 0.0 * toks.sum()
+
+        seqs, labs = [], []
+        k = 0
+        for b in range(input_ids.shape[0]):
+            valid = attention_mask[b].bool()
+            ids_b = input_ids[b][valid]
+            emb_b = text_embeds[b][valid]
+            lab_b = labels[b][valid] if labels is not None else None
+            pos = torch.nonzero(ids_b == image_id).flatten().tolist()
+            parts, lparts, start = [], [], 0
+            for p in pos:
+                parts.append(emb_b[start:p])
+                tok = visual[k].to(emb_b.dtype)
+                parts.append(tok)
+                if lab_b is not None:
+                    lparts.append(lab_b[start:p])
+                    lparts.append(lab_b.new_full((tok.shape[0],), IGNORE_INDEX))
+                start, k = p + 1, k + 1
+            parts.append(emb_b[start:])
+            seqs.append(torch.cat(parts, 0))
+            if lab_b is not None:
+                lparts.append(lab_b[start:])
+                labs.append(torch.cat(lparts, 0))
+
+        lengths = [s.shape[0] for s in seqs]
+        max_len = max(lengths)
+        limit = self.config.max_length
+        if limit is not None and max_len > limit:
+            raise ValueError(
+                f"a sequence has {max_len} tokens after image expansion, more than max_length={limit}; "
+                "truncate the text (the data pipeline does this) or raise max_length"
+            )
+        bsz, dim = len(seqs), text_embeds.shape[-1]
+        embeds = text_embeds.new_zeros(bsz, max_len, dim)
+        mask = attention_mask.new_zeros(bsz, max_len)
+        out_labels = input_ids.new_full((bsz, max_len), IGNORE_INDEX) if labels is not None else None
+        for b, (s, n) in enumerate(zip(seqs, lengths)):
+            sl = slice(max_len - n, max_len) if padding_side == "left" else slice(0, n)
+            embeds[b, sl] = s
+            mask[b, sl] = 1
+            if out_labels is not None:
+                out_labels[b, sl] = labs[b]
+        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        vt = torch.tensor([v.shape[0] for v in visual], dtype=torch.long, device=input_ids.device)
+        return MergedInputs(embeds, mask, position_ids, out_labels, vt, aux)
+
+    # ------------------------------------------------------------------ forward / generate
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> HiResVLMOutput:
+        merged = None
+        if inputs_embeds is None and input_ids is not None and (
+            (input_ids == self.config.image_token_id).any() or image_sizes is not None or self.training
+        ):
+            merged = self.merge_inputs(input_ids, attention_mask, pixel_values, image_sizes, labels)
+            inputs_embeds, attention_mask, position_ids = merged.inputs_embeds, merged.attention_mask, merged.position_ids
+            labels, input_ids = merged.labels, None
+        out = self.language_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return HiResVLMOutput(
+            loss=out.loss,
+            logits=out.logits,
+            past_key_values=out.past_key_values,
+            hidden_states=getattr(out, "hidden_states", None),
+            attentions=getattr(out, "attentions", None),
+            labels=labels,
+            attention_mask=attention_mask,
+            visual_tokens=merged.visual_tokens if merged is not None else None,
+            visual_aux=merged.visual_aux if merged is not None else None,
+        )
+
+    @torch.no_grad()
+    def generate(self, input_ids=None, attention_mask=None, pixel_values=None, image_sizes=None,
+                 generation_config: GenerationConfig | None = None, return_visual_aux: bool = False, **kwargs):
+        """Greedy/sampled/beam decoding with the KV cache; batches are left-padded after expansion.
+
+        Returns the LM's ``generate`` output — the new tokens only, since the prompt goes in as
+        embeddings. With ``return_visual_aux`` returns ``(output, merged)`` to expose the method's
+        observables (e.g. which local tokens SliME's router kept).
+        """
+        merged = self.merge_inputs(input_ids, attention_mask, pixel_values, image_sizes, None, padding_side="left")
+        if generation_config is not None:
+            kwargs["generation_config"] = generation_config
+        out = self.language_model.generate(
+            inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs
+        )
+        return (out, merged) if return_visual_aux else out

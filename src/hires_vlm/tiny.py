@@ -1,0 +1,74 @@
+"""The embedded default: a tiny model built from transformers configs with random weights.
+
+A CLIP-style vision tower (S = 112 px tiles, 14 px patches → 8×8 tokens per view), a Llama-style
+causal LM and a byte-level BPE tokenizer trained offline — no download. Real checkpoints go
+through the same ``HiResVLM`` code (see ``hires_vlm.build``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from transformers import CLIPVisionConfig, GenerationConfig, LlamaConfig
+
+from .imaging import CLIP_MEAN, CLIP_STD
+from .methods import MethodConfig, resolve_method_config
+from .model import HiResVLM, HiResVLMConfig, HiResVLMProcessor
+from .text import add_image_token, build_bpe_tokenizer, get_template
+
+TINY_TILE = 112
+TINY_PATCH = 14
+
+
+def tiny_vision_config(tile_size: int = TINY_TILE, patch_size: int = TINY_PATCH, hidden_size: int = 64,
+                       layers: int = 2) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        image_size=tile_size, patch_size=patch_size, hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers, num_attention_heads=4, projection_dim=hidden_size,
+    )
+
+
+def tiny_text_config(vocab_size: int, hidden_size: int = 128, layers: int = 2, pad_token_id: int | None = None,
+                     bos_token_id: int | None = None, eos_token_id: int | None = None) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096, tie_word_embeddings=False,
+        pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+    )
+
+
+def stop_token_ids(tokenizer, template_name: str) -> list[int]:
+    """EOS plus the template's end-of-turn tokens, for ``generation_config.eos_token_id``."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for s in get_template(template_name).stop_strings:
+        toks = tokenizer(s, add_special_tokens=False)["input_ids"]
+        if len(toks) == 1:
+            ids.add(toks[0])
+    if template_name == "plain":
+        ids.update(tokenizer("\n", add_special_tokens=False)["input_ids"][:1])
+    return sorted(ids)
+
+
+def build_tiny(method: str | dict | MethodConfig = "llava_hd", *, template: str = "chatml", seed: int = 0,
+               corpus: Iterable[str] | None = None, tile_size: int = TINY_TILE, patch_size: int = TINY_PATCH,
+               vision_hidden: int = 64, vision_layers: int = 2, text_hidden: int = 128, text_layers: int = 2,
+               max_length: int = 2048, vocab_size: int = 1024) -> tuple[HiResVLM, HiResVLMProcessor]:
+    """A tiny random-init model of ``method`` and its processor; deterministic for a seed."""
+    tokenizer = build_bpe_tokenizer(corpus, vocab_size=vocab_size, template=template)
+    image_id = add_image_token(tokenizer)
+    method_cfg = resolve_method_config(method)
+    torch.manual_seed(seed)
+    config = HiResVLMConfig(
+        vision_config=tiny_vision_config(tile_size, patch_size, vision_hidden, vision_layers).to_dict(),
+        text_config=tiny_text_config(len(tokenizer), text_hidden, text_layers, tokenizer.pad_token_id,
+                                     tokenizer.bos_token_id, tokenizer.eos_token_id).to_dict(),
+        method=method_cfg.to_dict(), image_token_id=image_id, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD),
+        max_length=max_length, template=template,
+    )
+    model = HiResVLM(config)
+    model.language_model.generation_config = GenerationConfig(
+        eos_token_id=stop_token_ids(tokenizer, template), pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, max_new_tokens=32, do_sample=False,
+    )
+    return model, HiResVLMProcessor(tokenizer, config)

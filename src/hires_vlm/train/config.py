@@ -1,0 +1,208 @@
+"""Training configs: one YAML file, named stages, ``--set key=value`` overrides.
+
+A run is::
+
+    run:      {output_dir, seed}
+    model:    {source: tiny | pretrained, path, method, template, tiny: {sizes}}
+    data:     {train: FILE | synthetic, image_folder, synthetic: {...}, max_length}
+    training: {defaults for every stage: HF TrainingArguments names}
+    stages:   [{name, template, trainable: {module prefix: lr}, method_runtime: {...}, training: {...}}]
+
+``trainable`` maps parameter-name prefixes of ``HiResVLM`` (``connector``, ``connector.projector``,
+``language_model``, ``vision_tower``, …) to their learning rate; everything else is frozen.
+``method_runtime`` changes the method's run-time fields for the stage (SliME's branches, γ, …).
+Unknown keys are errors that list the valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+TRAINING_KEYS = {
+    "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
+    "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "logging_steps", "save_steps",
+    "save_total_limit", "gradient_checkpointing", "bf16", "fp16", "tf32", "dataloader_num_workers", "deepspeed",
+    "fsdp", "fsdp_config", "max_grad_norm", "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "report_to",
+    "ddp_find_unused_parameters", "torch_compile", "group_by_length", "seed", "data_seed", "use_cpu",
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _check_keys(where: str, d: dict, allowed: set[str]) -> None:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(allowed)}")
+
+
+@dataclass
+class ModelSpec:
+    source: str = "tiny"  # tiny | pretrained
+    path: str | None = None
+    method: Any = "llava_hd"
+    template: str | None = None  # None: the model's own (tiny: chatml)
+    tiny: dict = field(default_factory=dict)
+    max_length: int | None = None
+
+
+@dataclass
+class DataSpec:
+    train: str = "synthetic"
+    image_folder: str | None = None
+    synthetic: dict = field(default_factory=dict)
+    max_length: int | None = None
+
+
+@dataclass
+class StageSpec:
+    name: str
+    trainable: dict[str, float]
+    template: str | None = None
+    method_runtime: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)  # per-stage overrides of DataSpec fields
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str
+    seed: int = 0
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    training: dict = field(default_factory=dict)
+    stages: list[StageSpec] = field(default_factory=list)
+    source_file: str | None = None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {
+            "run": {"output_dir": d["output_dir"], "seed": d["seed"]},
+            "model": d["model"], "data": d["data"], "training": d["training"], "stages": d["stages"],
+        }
+
+    def stage_training(self, stage: StageSpec) -> dict:
+        merged = dict(self.training)
+        merged.update(stage.training)
+        return merged
+
+    def stage_data(self, stage: StageSpec) -> DataSpec:
+        return dataclasses.replace(self.data, **stage.data) if stage.data else self.data
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: YAML scalar/list/mapping syntax (``1e-3``, ``true``, ``[1, 2]``, ``null``)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply ``a.b.0.c=value`` to a nested dict/list structure in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set needs key=value, got {assignment!r}")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                raise ConfigError(f"--set {key}: {part!r} is not a valid index into a list of {len(node)}") from None
+        else:
+            if part not in node or node[part] is None:
+                node[part] = {}
+            node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        try:
+            node[int(last)] = parse_value(value)
+        except (ValueError, IndexError):
+            raise ConfigError(f"--set {key}: {last!r} is not a valid index") from None
+    elif isinstance(node, dict):
+        node[last] = parse_value(value)
+    else:
+        raise ConfigError(f"--set {key}: {'.'.join(parts[:-1])} is not a mapping")
+
+
+def from_dict(raw: dict, source_file: str | None = None) -> TrainConfig:
+    _check_keys("the config", raw, {"run", "model", "data", "training", "stages"})
+    run = raw.get("run") or {}
+    _check_keys("run", run, {"output_dir", "seed"})
+    if not run.get("output_dir"):
+        raise ConfigError("run.output_dir is required (where checkpoints and the resolved config go)")
+    model = raw.get("model") or {}
+    _check_keys("model", model, {f.name for f in dataclasses.fields(ModelSpec)})
+    mspec = ModelSpec(**model)
+    if mspec.source not in ("tiny", "pretrained"):
+        raise ConfigError(f"model.source={mspec.source!r} is not valid; choose 'tiny' or 'pretrained'")
+    if mspec.source == "pretrained" and not mspec.path:
+        raise ConfigError("model.source 'pretrained' needs model.path (a directory saved by hires-vlm)")
+    data = raw.get("data") or {}
+    _check_keys("data", data, {f.name for f in dataclasses.fields(DataSpec)})
+    dspec = DataSpec(**data)
+    training = raw.get("training") or {}
+    _check_keys("training", training, TRAINING_KEYS)
+    stages_raw = raw.get("stages")
+    if not stages_raw:
+        raise ConfigError("the config needs at least one entry in 'stages'")
+    stages, names = [], set()
+    stage_keys = {f.name for f in dataclasses.fields(StageSpec)}
+    for i, s in enumerate(stages_raw):
+        _check_keys(f"stages[{i}]", s, stage_keys)
+        if not s.get("name"):
+            raise ConfigError(f"stages[{i}] needs a name")
+        if s["name"] in names:
+            raise ConfigError(f"stage name {s['name']!r} is used twice")
+        names.add(s["name"])
+        trainable = s.get("trainable")
+        if not isinstance(trainable, dict) or not trainable:
+            raise ConfigError(f"stage {s['name']!r} needs 'trainable': {{module prefix: learning rate}}")
+        for k, v in trainable.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"stage {s['name']!r}: learning rate of {k!r} must be a positive number, got {v!r}")
+        _check_keys(f"stages[{i}].training", s.get("training") or {}, TRAINING_KEYS)
+        _check_keys(f"stages[{i}].data", s.get("data") or {}, {f.name for f in dataclasses.fields(DataSpec)})
+        stages.append(StageSpec(name=s["name"], trainable={k: float(v) for k, v in trainable.items()},
+                                template=s.get("template"), method_runtime=dict(s.get("method_runtime") or {}),
+                                training=dict(s.get("training") or {}), data=dict(s.get("data") or {})))
+    return TrainConfig(output_dir=str(run["output_dir"]), seed=int(run.get("seed", 0)), model=mspec, data=dspec,
+                       training=dict(training), stages=stages, source_file=source_file)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path!r}")
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path!r} must hold a YAML mapping")
+    raw = copy.deepcopy(raw)
+    for o in overrides or []:
+        apply_override(raw, o)
+    return from_dict(raw, source_file=path)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Deeper checks that need the library: the method and templates resolve."""
+    from ..methods import resolve_method_config
+    from ..text import get_template
+
+    resolve_method_config(cfg.model.method)
+    if cfg.model.template:
+        get_template(cfg.model.template)
+    for s in cfg.stages:
+        if s.template:
+            get_template(s.template)

@@ -1,0 +1,378 @@
+"""Run a training config stage by stage on the transformers ``Trainer``.
+
+Each stage loads the previous stage's ``final/`` output (or builds/loads the model for the first),
+sets which modules train and at what learning rate, logs the trainable/frozen state of every
+component, trains, and writes ``<output_dir>/<stage>/final`` atomically. A stage whose ``final``
+exists is skipped; an interrupted stage resumes from its newest *complete* checkpoint (optimizer,
+scheduler, RNG and data position — the Trainer's exact resume). Multi-process runs go through
+``torchrun`` (gloo on CPU, NCCL on GPU); DeepSpeed ZeRO / FSDP through the stage's ``training``
+keys ``deepspeed`` / ``fsdp``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+
+import torch
+import yaml
+
+from .config import ConfigError, StageSpec, TrainConfig, validate
+
+logger = logging.getLogger("hires_vlm.train")
+
+COMPLETE_MARKER = ".complete"
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------- trainable / frozen
+def set_trainable(model: torch.nn.Module, trainable: dict[str, float]) -> dict[str, float]:
+    """Freeze everything, then unfreeze each prefix. Returns {parameter name: lr} of trainable ones."""
+    names = [n for n, _ in model.named_parameters()]
+    lrs: dict[str, float] = {}
+    for prefix, lr in trainable.items():
+        hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        if not hits:
+            tops = sorted({n.split(".")[0] for n in names} | {".".join(n.split(".")[:2]) for n in names if
+                                                              n.startswith("connector.")})
+            raise ConfigError(f"trainable prefix {prefix!r} matches no parameter; known modules: {tops}")
+        for n in hits:
+            # The longest (most specific) prefix decides the learning rate.
+            if n not in lrs or len(prefix) > lrs[n][1]:
+                lrs[n] = (lr, len(prefix))  # type: ignore[assignment]
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in lrs)
+    return {n: v[0] for n, v in lrs.items()}  # type: ignore[index]
+
+
+def component_table(model: torch.nn.Module) -> list[tuple[str, int, int]]:
+    """(component, parameters, trainable parameters) for the tower, each connector part and the LM."""
+    groups: dict[str, list[int]] = {}
+    for n, p in model.named_parameters():
+        parts = n.split(".")
+        key = ".".join(parts[:2]) if parts[0] == "connector" else parts[0]
+        g = groups.setdefault(key, [0, 0])
+        g[0] += p.numel()
+        g[1] += p.numel() if p.requires_grad else 0
+    return [(k, v[0], v[1]) for k, v in groups.items()]
+
+
+def log_components(model, stage: str) -> str:
+    rows = component_table(model)
+    lines = [f"stage {stage!r}: trainable / frozen components"]
+    for name, total, train in rows:
+        state = "trainable" if train == total else ("frozen" if train == 0 else "partly trainable")
+        lines.append(f"  {name:<32} {state:<17} {train:>12,} / {total:,} params")
+    text = "\n".join(lines)
+    logger.info(text)
+    return text
+
+
+# ---------------------------------------------------------------------- trainer
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class HiResTrainer(Trainer):
+        """Trainer with per-module learning rates and checkpoints marked complete only when whole."""
+
+        module_lrs: dict[str, float] = {}
+
+        def create_optimizer(self, model=None):
+            if self.optimizer is not None:
+                return self.optimizer
+            model = self.model if model is None else model
+            opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+            opt_kwargs.pop("lr", None)
+            groups: dict[tuple[float, bool], list] = {}
+            for n, p in model.named_parameters():
+                if not p.requires_grad:
+                    continue
+                lr = self.module_lrs.get(n.removeprefix("module."), self.args.learning_rate)
+                decay = p.ndim >= 2 and "norm" not in n.lower()
+                groups.setdefault((lr, decay), []).append(p)
+            params = [{"params": ps, "lr": lr, "weight_decay": self.args.weight_decay if decay else 0.0}
+                      for (lr, decay), ps in groups.items()]
+            self.optimizer = opt_cls(params, **opt_kwargs)
+            return self.optimizer
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            barrier()
+            if self.args.should_save:
+                ckpt = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+                if os.path.isdir(ckpt):
+                    atomic_write_text(os.path.join(ckpt, COMPLETE_MARKER), str(self.state.global_step))
+
+    return HiResTrainer
+
+
+def latest_complete_checkpoint(stage_dir: str) -> str | None:
+    """Newest ``checkpoint-N`` holding the completion marker; incomplete ones are set aside."""
+    if not os.path.isdir(stage_dir):
+        return None
+    best, best_step = None, -1
+    for name in os.listdir(stage_dir):
+        if not name.startswith("checkpoint-"):
+            continue
+        path = os.path.join(stage_dir, name)
+        try:
+            step = int(name.split("-", 1)[1])
+        except ValueError:
+            continue
+        if not os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
+            if is_main_process():
+                logger.warning("ignoring incomplete checkpoint %s (interrupted while saving)", path)
+                shutil.move(path, os.path.join(stage_dir, f"incomplete-{name}-{int(time.time())}"))
+            continue
+        if step > best_step:
+            best, best_step = path, step
+    return best
+
+
+# ---------------------------------------------------------------------- data
+def _synthetic_data(cfg: TrainConfig, spec) -> tuple[str, str]:
+    from ..data import synthetic
+
+    params = dict(spec.synthetic)
+    out = params.pop("dir", None) or os.path.join(cfg.output_dir, "data")
+    if is_main_process():
+        synthetic.generate_benchmark(out, **params)
+    barrier()
+    return os.path.join(out, "train.json"), out
+
+
+def resolve_data(cfg: TrainConfig, stage: StageSpec) -> tuple[str, str]:
+    spec = cfg.stage_data(stage)
+    if spec.train == "synthetic":
+        return _synthetic_data(cfg, spec)
+    folder = spec.image_folder or os.path.dirname(os.path.abspath(spec.train))
+    return spec.train, folder
+
+
+def corpus_from_records(path: str, limit: int = 20000) -> list[str]:
+    from ..data.llava_json import read_records
+
+    texts = []
+    for rec in read_records(path)[:limit]:
+        for turn in rec.get("conversations", []):
+            if isinstance(turn, dict) and isinstance(turn.get("value"), str):
+                texts.append(turn["value"].replace("<image>", " "))
+    return texts
+
+
+# ---------------------------------------------------------------------- model
+def load_stage_model(cfg: TrainConfig, stage_index: int, train_file: str):
+    from ..model import HiResVLM, HiResVLMProcessor
+    from ..tiny import build_tiny
+
+    if stage_index > 0:
+        prev = os.path.join(cfg.output_dir, cfg.stages[stage_index - 1].name, "final")
+        if not os.path.isdir(prev):
+            raise FileNotFoundError(f"stage {cfg.stages[stage_index].name!r} needs the previous stage's output {prev!r}")
+        return HiResVLM.from_pretrained(prev), HiResVLMProcessor.from_pretrained(prev)
+    m = cfg.model
+    if m.source == "pretrained":
+        model = HiResVLM.from_pretrained(m.path)
+        proc = HiResVLMProcessor.from_pretrained(m.path)
+        if m.method is not None and m.method != "keep":
+            from ..methods import resolve_method_config
+
+            wanted = resolve_method_config(m.method)
+            if wanted.to_dict() != model.config.method:
+                runtime = {k: v for k, v in wanted.to_dict().items() if model.config.method.get(k) != v and k != "name"}
+                model.set_method_runtime(**runtime)
+        return model, proc
+    kwargs = dict(m.tiny)
+    kwargs.setdefault("template", m.template or "chatml")
+    if m.max_length is not None:
+        kwargs.setdefault("max_length", m.max_length)
+    return build_tiny(m.method, seed=cfg.seed, corpus=corpus_from_records(train_file), **kwargs)
+
+
+# ---------------------------------------------------------------------- run
+@dataclass
+class StageResult:
+    name: str
+    final_dir: str
+    skipped: bool = False
+    train_loss: float | None = None
+    first_loss: float | None = None
+    last_loss: float | None = None
+    steps: int = 0
+    seconds: float = 0.0
+    data_skips: dict = field(default_factory=dict)
+
+
+def save_loss_plot(history: list[dict], path: str, title: str) -> None:
+    pts = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    if not pts:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def training_arguments(cfg: TrainConfig, stage: StageSpec, stage_dir: str, lrs: dict[str, float]):
+    from transformers import TrainingArguments
+
+    t = {
+        "per_device_train_batch_size": 4, "num_train_epochs": 1, "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.03, "weight_decay": 0.0, "logging_steps": 10, "save_steps": 500, "save_total_limit": 2,
+        "report_to": "none", "dataloader_num_workers": 0,
+    }
+    t.update(cfg.stage_training(stage))
+    gc = bool(t.pop("gradient_checkpointing", False))
+    if "warmup_ratio" in t:
+        ratio = t.pop("warmup_ratio")
+        if "warmup_steps" not in t and ratio:
+            t["warmup_steps"] = float(ratio)  # transformers ≥5 takes a ratio < 1 in warmup_steps
+    cuda = torch.cuda.is_available()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    args = TrainingArguments(
+        output_dir=stage_dir,
+        learning_rate=max(lrs.values()),
+        seed=cfg.seed,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        save_strategy="steps",
+        logging_strategy="steps",
+        gradient_checkpointing=gc,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        ddp_backend=None if cuda else ("gloo" if world > 1 else None),
+        ddp_find_unused_parameters=t.pop("ddp_find_unused_parameters", True if world > 1 else None),
+        disable_tqdm=not is_main_process(),
+        **t,
+    )
+    return args
+
+
+def run_stage(cfg: TrainConfig, index: int) -> StageResult:
+    from ..data.llava_json import LlavaCollator, LlavaDataset
+
+    stage = cfg.stages[index]
+    stage_dir = os.path.join(cfg.output_dir, stage.name)
+    final_dir = os.path.join(stage_dir, "final")
+    if os.path.isfile(os.path.join(final_dir, "config.json")):
+        logger.info("stage %r already finished (%s); skipping", stage.name, final_dir)
+        return StageResult(stage.name, final_dir, skipped=True)
+    os.makedirs(stage_dir, exist_ok=True)
+    train_file, image_folder = resolve_data(cfg, stage)
+    model, processor = load_stage_model(cfg, index, train_file)
+    if stage.template:
+        model.config.template = stage.template
+        processor.config.template = stage.template
+    model.set_method_runtime(**stage.method_runtime)
+    processor.config.method = model.config.method
+    from ..model import HiResVLMProcessor
+
+    processor = HiResVLMProcessor(processor.tokenizer, model.config)
+    lrs = set_trainable(model, stage.trainable)
+    table = log_components(model, stage.name)
+    if is_main_process():
+        atomic_write_text(os.path.join(stage_dir, "components.txt"), table + "\n")
+        print(table, flush=True)
+    spec = cfg.stage_data(stage)
+    dataset = LlavaDataset(train_file, image_folder, processor, template=model.config.template,
+                           max_length=spec.max_length)
+    args = training_arguments(cfg, stage, stage_dir, lrs)
+    trainer_cls = _make_trainer_class()
+    trainer_cls.module_lrs = lrs
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset,
+                          data_collator=LlavaCollator(processor.tokenizer.pad_token_id))
+    ckpt = latest_complete_checkpoint(stage_dir)
+    barrier()
+    if ckpt:
+        logger.info("resuming stage %r from %s", stage.name, ckpt)
+        if is_main_process():
+            print(f"resuming stage {stage.name!r} from {ckpt}", flush=True)
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    seconds = time.time() - start
+    history = trainer.state.log_history
+    tmp = f"{final_dir}.tmp"
+    if is_main_process() and os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+    barrier()
+    trainer.save_model(tmp)
+    if is_main_process():
+        processor.save_pretrained(tmp)
+        atomic_write_text(os.path.join(tmp, "training_stage.json"), json.dumps(
+            {"stage": stage.name, "trainable": stage.trainable, "method_runtime": stage.method_runtime,
+             "template": model.config.template, "data_skips": dict(dataset.skipped)}, indent=2))
+        os.replace(tmp, final_dir)
+        atomic_write_text(os.path.join(stage_dir, "log_history.json"), json.dumps(history, indent=2))
+        save_loss_plot(history, os.path.join(stage_dir, "loss.png"), f"{stage.name}")
+    barrier()
+    losses = [h["loss"] for h in history if "loss" in h]
+    if dataset.skipped and is_main_process():
+        print(f"stage {stage.name!r}: skipped samples {dict(dataset.skipped)}", flush=True)
+    return StageResult(stage.name, final_dir, train_loss=getattr(result, "training_loss", None),
+                       first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
+                       steps=trainer.state.global_step, seconds=seconds, data_skips=dict(dataset.skipped))
+
+
+def write_resolved_config(cfg: TrainConfig) -> str:
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    path = os.path.join(cfg.output_dir, "config.yaml")
+    if is_main_process():
+        atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path
+
+
+def run_training(cfg: TrainConfig, stages: list[str] | None = None) -> list[StageResult]:
+    """Run every stage (or the named ones, in config order). Returns one result per stage."""
+    validate(cfg)
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    write_resolved_config(cfg)
+    names = [s.name for s in cfg.stages]
+    if stages:
+        unknown = sorted(set(stages) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {unknown}; the config has {names}")
+    results = []
+    for i, s in enumerate(cfg.stages):
+        if stages and s.name not in stages:
+            continue
+        results.append(run_stage(cfg, i))
+    if is_main_process():
+        summary = [r.__dict__ for r in results]
+        atomic_write_text(os.path.join(cfg.output_dir, "summary.json"),
+                          json.dumps(summary, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x)))
+    return results
