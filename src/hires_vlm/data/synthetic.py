@@ -73,7 +73,7 @@ SPLITS = ("train", "test")
 
 NOISE_STD = 8.0  # grey-level std of the background noise (full resolution)
 _NOISE_STEP = 4  # noise is quantised to multiples of this: keeps the PNGs ~30 % smaller
-_AMPLITUDE = (36, 48)  # pattern amplitude range: pixels are base ± A
+_AMPLITUDE = (40, 56)  # pattern amplitude range: pixels are base ± A·envelope
 _PNG_LEVEL = 1
 _TAG_ITEM, _TAG_SCHEDULE, _TAG_SEPARABILITY, _TAG_PROBE = 1, 2, 3, 4
 _SPLIT_CODE = {"train": 0, "test": 1}
@@ -88,25 +88,41 @@ _PATTERN_PHRASE = {
 
 
 # ----------------------------------------------------------------------------------------- drawing
-def pattern_field(kind: str, width: int, height: int, stripe: int = 1) -> np.ndarray:
-    """``[height x width]`` of ±1 (0 for ``plain``); phase fixed at the top-left pixel.
+def _envelope(n: int) -> np.ndarray:
+    """sin² over ``n`` pixels: the pattern fades to 0 at the edges of its square.
 
-    With ``stripe = 1`` every 2×2 block of every class sums to 0, so all classes have the same
-    local mean — what makes them one flat square after an antialiased downscale by 2 or more.
+    A 1-px pattern cut off abruptly leaks through any smoothing filter at its edges (its partial
+    2×2 blocks do not cancel): up to ~17 grey levels of difference between classes after the
+    low-resolution path. With this envelope the leak stays below one grey level.
+    """
+    return (np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2).astype(np.float32)
+
+
+def pattern_field(kind: str, width: int, height: int, stripe: int = 1) -> np.ndarray:
+    """``[height x width]`` pattern in [-1, 1] (0 for ``plain``); phase fixed at the top-left pixel.
+
+    ``horizontal`` alternates along rows (y), ``vertical`` along columns (x), ``checkered`` along
+    both; the amplitude follows :func:`_envelope` along y for ``horizontal`` and along x for the
+    other two (one envelope suffices for the checkerboard: each of its rows already cancels).
+    With ``stripe = 1`` every 2×2 block of every class sums to 0, so all classes share one local
+    mean and become the same flat square after an antialiased reduction by 2 or more.
     """
     v = np.arange(height)[:, None] // stripe
     u = np.arange(width)[None, :] // stripe
     if kind == "plain":
         return np.zeros((height, width), np.float32)
     if kind == "horizontal":
-        parity = v % 2 + 0 * u
+        sign = 1 - 2 * (v % 2 + 0 * u)
+        env = _envelope(height)[:, None]
     elif kind == "vertical":
-        parity = u % 2 + 0 * v
+        sign = 1 - 2 * (u % 2 + 0 * v)
+        env = _envelope(width)[None, :]
     elif kind == "checkered":
-        parity = (u + v) % 2
+        sign = 1 - 2 * ((u + v) % 2)
+        env = _envelope(width)[None, :]
     else:
         raise ValueError(f"unknown pattern {kind!r}; choose one of {PATTERNS}")
-    return (1 - 2 * parity).astype(np.float32)
+    return (sign * env).astype(np.float32)
 
 
 class _Canvas:
@@ -200,9 +216,9 @@ def _clutter(cv: _Canvas, rng, count: int, r_range=(5.0, 13.0)) -> None:
         cv.mask((x0, y0, x0 + m.shape[1], y0 + m.shape[0]), m, colour)
 
 
-def _square_colour(cv: _Canvas, rng, amp: float, noise_std: float) -> np.ndarray:
+def _square_colour(cv: _Canvas, rng, amp: float) -> np.ndarray:
     """A base colour far from the background that keeps base ± amp ± 3σ inside 0..255."""
-    lo, hi = amp + 3 * noise_std + 2, 253 - amp - 3 * noise_std
+    lo, hi = amp + 3 * NOISE_STD + 2, 253 - amp - 3 * NOISE_STD
     base = rng.uniform(lo, hi, 3)
     for _ in range(30):
         if min(np.abs(base - cv.c1).mean(), np.abs(base - cv.c2).mean()) >= 35:
@@ -230,7 +246,7 @@ def _fine_detail(rng, w, h, qtype, answer, o: _Opts):
     # the class: lowres_separability relies on this to compare classes pixel for pixel.
     cv = _Canvas(rng, w, h)
     side, amp = _pattern_params(rng)
-    base = _square_colour(cv, rng, amp, o.noise_std)
+    base = _square_colour(cv, rng, amp)
     x0, y0 = cv.place(rng, side, side, margin=8)
     _clutter(cv, rng, int(rng.integers(2, 6)))
     template = int(rng.integers(0, 2))
@@ -264,7 +280,7 @@ _QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 def _quadrant(rng, w, h, qtype, answer, o: _Opts):
     cv = _Canvas(rng, w, h)
     side, amp = _pattern_params(rng)
-    base = _square_colour(cv, rng, amp, o.noise_std)
+    base = _square_colour(cv, rng, amp)
     kind = STRIPED[int(rng.integers(0, len(STRIPED)))]
     mid_gap = 6  # keep every square clearly inside its quadrant
     regions = [
@@ -335,7 +351,7 @@ def border_lines(image_size: Sequence[int], tile_size: int = DEFAULT_TILE_SIZE,
 def _tile_border(rng, w, h, qtype, answer, o: _Opts):
     cv = _Canvas(rng, w, h)
     half, amp = int(rng.integers(10, 15)), float(rng.integers(_AMPLITUDE[0], _AMPLITUDE[1] + 1))
-    base = _square_colour(cv, rng, amp, o.noise_std)
+    base = _square_colour(cv, rng, amp)
     lines = [ln for ln in border_lines((w, h), o.tile_size)
              if half + 6 <= ln[1] <= (w if ln[0] == "x" else h) - half - 6]
     if not lines:
@@ -347,22 +363,20 @@ def _tile_border(rng, w, h, qtype, answer, o: _Opts):
     else:
         others = [p for p in PATTERNS if p != first]
         second = others[int(rng.integers(0, len(others)))]
+    # Each half is its own pattern square (own envelope), so "same" and "different" bars differ
+    # only in what the halves are made of; the split lies exactly on the border.
     if axis == "x":  # vertical border: the bar is horizontal, halves left | right
         y0 = int(rng.integers(6, h - half - 6 + 1))
-        x0 = at - half
-        box = (x0, y0, x0 + 2 * half, y0 + half)
-        cv.boxes.append(box)
-        f1, f2 = pattern_field(first, 2 * half, half, o.stripe), pattern_field(second, 2 * half, half, o.stripe)
-        f = np.concatenate([f1[:, :half], f2[:, half:]], axis=1)  # phase continuous across the split
+        box = (at - half, y0, at + half, y0 + half)
+        halves = [(at - half, y0), (at, y0)]
     else:  # horizontal border: the bar is vertical, halves top / bottom
         x0 = int(rng.integers(6, w - half - 6 + 1))
-        y0 = at - half
-        box = (x0, y0, x0 + half, y0 + 2 * half)
-        cv.boxes.append(box)
-        f1, f2 = pattern_field(first, half, 2 * half, o.stripe), pattern_field(second, half, 2 * half, o.stripe)
-        f = np.concatenate([f1[:half], f2[half:]], axis=0)
+        box = (x0, at - half, x0 + half, at + half)
+        halves = [(x0, at - half), (x0, at)]
+    cv.boxes.append(box)
     _clutter(cv, rng, int(rng.integers(2, 5)))
-    cv.px[box[1]:box[3], box[0]:box[2]] = base.astype(np.float32) + amp * f[..., None]
+    for (hx, hy), kind in zip(halves, (first, second)):
+        cv.patch(hx, hy, half, half, base, amp, kind, o.stripe)
     template = int(rng.integers(0, 2))
     meta = {"box": list(box), "axis": axis, "at": at, "cuts": list(cuts), "halves": [first, second]}
     return cv.finish(rng, o.noise_std), template, {}, meta
@@ -418,7 +432,7 @@ def _existence(rng, w, h, qtype, answer, o: _Opts):
     boxes = []
     for kind in kinds:
         side, amp = _pattern_params(rng)
-        base = _square_colour(cv, rng, amp, o.noise_std)
+        base = _square_colour(cv, rng, amp)
         x0, y0 = cv.place(rng, side, side, margin=6, gap=8)
         cv.patch(x0, y0, side, side, base, amp, kind, o.stripe)
         boxes.append([x0, y0, x0 + side, y0 + side])

@@ -147,6 +147,20 @@ class Dims:
 
 
 @dataclass
+class TextContext:
+    """What the LM's side offers a connector.
+
+    ``embeddings``: for methods with ``uses_text``, one ``[L_i x dl]`` tensor per image — the LM input
+    embeddings of the text of the image's sample the router may look at (prompt only, or all text,
+    per the method's ``router_text``). ``embed_tokens``: the LM's input embedding, ids → ``[... x dl]``
+    (e.g. SliME's separator is the embedding of a token).
+    """
+
+    embeddings: list[torch.Tensor] | None
+    embed_tokens: Any
+
+
+@dataclass
 class MethodOutput:
     tokens: list[torch.Tensor]  # one [n_i x dl] per image
     aux: dict[str, Any] = field(default_factory=dict)  # observables: gate weights, kept token indices, …
@@ -192,9 +206,8 @@ class VisualMethod(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def forward(self, features: torch.Tensor, records: list[CutRecord],
-                text: list[torch.Tensor] | None = None) -> MethodOutput:
+                text: TextContext | None = None) -> MethodOutput:
         """Features of all views of the batch → one token sequence per image.
 
-        ``text``: for methods with ``uses_text``, one ``[L_i x dl]`` tensor of LM input embeddings per
-        image (the text of the image's sample that the router may look at).
+        ``text``: the LM side (see :class:`TextContext`); the model always passes it.
         """

@@ -23,7 +23,7 @@ from transformers import initialization as hf_init
 from transformers.utils import ModelOutput
 
 from ..imaging import CutRecord, HiResImageProcessor, ImagingSpec
-from ..methods import Dims, VisualMethod, build_method, resolve_method_config
+from ..methods import Dims, TextContext, VisualMethod, build_method, resolve_method_config
 from ..text import IGNORE_INDEX
 from ..vision import VisionTower
 from .configuration import HiResVLMConfig
@@ -158,7 +158,8 @@ class HiResVLM(HiResVLMPreTrainedModel):
             )
         feats = self.vision_tower(pixel_values)
         conn_dtype = next(self.connector.parameters()).dtype
-        return self.connector(feats.to(conn_dtype), records, text)
+        ctx = TextContext(embeddings=text, embed_tokens=self.get_input_embeddings())
+        return self.connector(feats.to(conn_dtype), records, ctx)
 
     def _router_text(self, embeds, input_ids, attention_mask, labels, image_owner):
         """One [L x d] tensor of text embeddings per image: its sample's prompt (or all) text."""

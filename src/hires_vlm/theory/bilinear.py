@@ -980,12 +980,18 @@ def run_experiment(
 
 def failure_claims(res: ExperimentResult) -> list[dict]:
     """The statement about when simultaneous GD (and alternating LS) fails, clause by clause,
-    each with ``holds`` evaluated on this experiment's numbers (``None`` = not tested here)."""
+    each with ``holds`` evaluated on this experiment's numbers (``None`` = not tested here).
+
+    ``s = sign(lambda_top) = sign(a^T b)``; the paper's failing family member is ``paper_tau0``
+    (u0 = -v0 along a - b) for a^T b > 0 and ``paper_nu0`` (u0 = v0 along a + b) for a^T b < 0."""
     S = res.summary
     runs = S["runs"]
-    s1 = res.optimum.sigma1
+    opt = res.optimum
     c = res.problem.overlap
-    sim_keys = [k for k in next(iter(runs.values())) if k.startswith("sim_gd@")]
+    tol = 1e-9 * opt.origin_loss
+    first = next(iter(runs.values()))
+    sim_keys = [k for k in first if k.startswith("sim_gd@")]
+    alt_keys = [k for k in first if k.startswith("alt_gd@")]
 
     def h_of(k: str) -> float:
         return float(k.split("@")[1])
@@ -994,28 +1000,35 @@ def failure_claims(res: ExperimentResult) -> list[dict]:
     mid = [k for k in sim_keys if 1.0 < h_of(k) <= 2.0]
     above = [k for k in sim_keys if h_of(k) > 2.0]
     generic = [n for n, st in res.starts.items() if st.kind == "generic"]
-    escapers = ["small_norm", "u_eq_sv", "u_perp_e1", "u_zero"]  # not failures for GD
+    paper_bad, paper_good = ("paper_tau0", "paper_nu0") if c >= 0 else ("paper_nu0", "paper_tau0")
+    escapers = ["small_norm", "u_eq_sv", "u_perp_e1", "u_zero", paper_good]  # not failures for GD
     claims: list[dict] = []
 
     def add(cid: str, text: str, holds: bool | None, evidence: str) -> None:
+        if opt.top_is_degenerate:
+            holds, evidence = None, "a^T b = 0: sigma1 = sigma2, the saddle and the optimum coincide"
         claims.append({"id": cid, "statement": text, "holds": holds, "evidence": evidence})
 
     def st(n: str, k: str, table=runs) -> str:
         return table[n][k]["status"]
 
-    ok = all(st(n, k) == "optimum" for n in generic + escapers for k in below) if below else None
+    def never_below_saddle(n: str, k: str, table=runs) -> bool:
+        return table[n][k]["min_loss"] >= opt.saddle_loss - tol
+
+    # 1. small steps: convergence from everything that is not on a stable manifold of a saddle
+    small = [n for n in generic + escapers if all(runs[n][k]["init_lr_norm"] <= 2.0 for k in below)]
+    ok = all(st(n, k) == "optimum" for n in small for k in below) if below else None
     add(
         "GD-converges",
-        "lr < 1/sigma1 (with lr(|u0|^2+|v0|^2) <~ 2): simultaneous GD reaches the optimum from generic "
-        "starts (random, in span(a,b), paper family with tau0 != 0) and also from u0 = 0 (v0 not in ker X), "
-        "u0 _|_ e1 with v0 generic, v0 = sign(lambda_top) u0, and norm-1e-6 starts.",
+        "lr < 1/sigma1 and lr(|u0|^2+|v0|^2) <= 2: simultaneous GD reaches the optimum from generic starts "
+        "(random; in span(a,b); the paper's family with tau0 != 0, i.e. Theorem 4's non-optimal limit is "
+        "not reached) and also from u0 = 0 (v0 not in ker X), u0 _|_ e1 with v0 generic, "
+        "v0 = s u0, and norm-1e-6 starts (slower: escape from the origin).",
         ok,
-        f"{len(generic) + len(escapers)} starts x lr*sigma1 in {[h_of(k) for k in below]}",
+        f"{len(small)} starts x lr*sigma1 in {[h_of(k) for k in below]}",
     )
-    if mid or above:
-        ok = all(st(n, k) != "optimum" for n in runs for k in mid + above)
-    else:
-        ok = None
+    # 2. no convergence above 1/sigma1
+    ok = all(st(n, k) != "optimum" for n in runs for k in mid + above) if (mid or above) else None
     add(
         "GD-no-convergence-above-1/sigma1",
         "lr > 1/sigma1: simultaneous GD converges to the optimum from no start (every minimiser has "
@@ -1025,10 +1038,10 @@ def failure_claims(res: ExperimentResult) -> list[dict]:
     )
     ok = all(st(n, k) in ("oscillating", "diverged") for n in generic for k in mid) if mid else None
     add(
-        "GD-bounded-or-divergent-in-(1,2)/sigma1",
+        "GD-bounded-or-divergent-in-(1,2]/sigma1",
         "1/sigma1 < lr <= 2/sigma1: generic starts end in a bounded non-convergent oscillation (period 2 "
         "just above 1/sigma1) or diverge, depending on the start; the diverging fraction grows with lr "
-        "(see lr_scan), so 2/sigma1 is *not* a safe bound for generic (unbalanced) starts.",
+        "(lr_scan), so 2/sigma1 is not a safe bound for generic (unbalanced) starts.",
         ok,
         f"generic starts x lr*sigma1 in {[h_of(k) for k in mid]}",
     )
@@ -1039,77 +1052,86 @@ def failure_claims(res: ExperimentResult) -> list[dict]:
         ok,
         f"generic starts x lr*sigma1 in {[h_of(k) for k in above]}",
     )
-    if below:
-        ok = all(st("u_eq_minus_sv", k) == "saddle" and st("paper_tau0", k) == "saddle" for k in below)
-        ok = ok and all(st("origin", k) == "origin" for k in sim_keys)
-    else:
-        ok = None
+    # 3. exact invariant sets
+    ok = all(never_below_saddle(n, k) for n in ("u_eq_minus_sv", paper_bad) for k in sim_keys)
+    ok = ok and all(
+        abs(runs["origin"][k]["min_loss"] - opt.origin_loss) <= tol and st("origin", k) == "origin" for k in sim_keys
+    )
     add(
-        "GD-stuck-exact-invariant",
-        "Stuck for every lr < 1/sigma1 (exactly, also in floating point): v0 = -sign(lambda_top) u0 "
-        "(the set u = -s v is invariant under the symmetry (u,v) -> (-s v, -s u) of L) converges to the "
-        "sigma2 saddle, loss sigma1^2/2; this includes the paper's tau0 = 0 start (alpha0 = -beta0) when "
-        "a^T b > 0; u0 = v0 = 0 stays at the origin for every lr.",
+        "GD-stuck-wrong-orientation",
+        "For every lr: from v0 = -s u0 GD never gets below the saddle value sigma1^2/2 (the set u = -s v is "
+        "invariant - it is fixed by the symmetry (u,v) -> (-s v, -s u) of L, exactly also in floating point - "
+        "and on it u v^T has the wrong sign along e1); it converges to the sigma2 saddle when lr is small. "
+        f"This is the paper's tau0 = 0 start when a^T b > 0 (nu0 = 0 when a^T b < 0; here: {paper_bad}). "
+        "u0 = v0 = 0 stays at the origin.",
         ok,
-        "starts u_eq_minus_sv, paper_tau0, origin",
+        "min loss over the runs of u_eq_minus_sv, " + paper_bad + ": "
+        + ", ".join(f"{min(runs[n][k]['min_loss'] for n in ('u_eq_minus_sv', paper_bad)):.6g}" for k in sim_keys)
+        + f" vs saddle {opt.saddle_loss:.6g}",
     )
     al = S.get("aligned", {}).get("runs")
     if al:
         gk = [k for k in next(iter(al.values())) if k.startswith("sim_gd@")]
-        ok = all(al["both_perp_e1"][k]["status"] == "saddle" for k in gk)
-        ok = ok and all(al["u_perp_e1"][k]["status"] == "optimum" for k in gk)
-        ok = ok and all(al["u_zero"][k]["status"] == "optimum" for k in gk)
+        ok = all(never_below_saddle("both_perp_e1", k, al) for k in gk)
+        ok = ok and all(st("u_perp_e1", k, al) == "optimum" and st("u_zero", k, al) == "optimum" for k in gk)
         esc = [runs["both_perp_e1"][k]["steps_to_tol"] for k in below]
-        ev = (f"axis-aligned problem, exact zeros: both_perp_e1 -> {[al['both_perp_e1'][k]['status'] for k in gk]}; "
-              f"random basis: escapes through rounding, steps to optimum {esc}")
+        ev = (f"axis-aligned problem (exact zeros): both_perp_e1 min loss "
+              f"{[round(al['both_perp_e1'][k]['min_loss'], 9) for k in gk]}, u_perp_e1 "
+              f"{[st('u_perp_e1', k, al) for k in gk]}; random basis: both_perp_e1 escapes by rounding, "
+              f"settles at the optimum after {esc} steps")
     else:
-        ok, ev = None, "aligned run disabled"
+        ok, ev = None, "aligned runs disabled"
     add(
         "GD-stuck-both-perp-e1",
-        "e1^T u0 = e1^T v0 = 0 is invariant (the e1-components obey a linear recursion): GD converges to "
-        "the sigma2 saddle. Only u0 _|_ e1 (or only v0) is NOT enough: GD escapes. In a generic basis the "
-        "invariance is broken by rounding (~1e-16) and GD leaves the saddle after a plateau.",
+        "e1^T u0 = e1^T v0 = 0 is invariant (the e1-components obey a linear homogeneous recursion): GD never "
+        "gets below sigma1^2/2. Only u0 _|_ e1 (or only v0) is not enough: GD escapes. In a generic basis "
+        "the invariance is broken by rounding (~1e-16) and GD leaves the saddle after a plateau of about "
+        "log(1e16)/log(1 + lr(sigma1 - sigma2)) steps.",
         ok,
         ev,
     )
     if al:
-        ok = al["u_perp_e1"]["alt_ls"]["status"] == "saddle" and al["u_zero"]["alt_ls"]["status"] == "origin"
+        ok = st("u_perp_e1", "alt_ls", al) == "saddle" and st("u_zero", "alt_ls", al) == "origin"
+        ok = ok and st(paper_bad, "alt_ls", al) == "saddle"
         ok = ok and all(runs[n]["alt_ls"]["status"] == "optimum"
-                        for n in generic + ["u_eq_minus_sv", "large_norm", "small_norm"])
-        ev = (f"aligned: u_perp_e1 -> {al['u_perp_e1']['alt_ls']['status']}, u_zero -> {al['u_zero']['alt_ls']['status']}; "
-              f"random basis u_perp_e1 reaches the optimum after {runs['u_perp_e1']['alt_ls']['steps_to_tol']} iterations "
-              "(rounding)")
+                        for n in generic + ["u_eq_minus_sv", "large_norm", "small_norm", "u_eq_sv"])
+        ev = (f"aligned: u_perp_e1 -> {st('u_perp_e1', 'alt_ls', al)}, {paper_bad} -> "
+              f"{st(paper_bad, 'alt_ls', al)}, u_zero -> {st('u_zero', 'alt_ls', al)}; random basis: u_perp_e1 "
+              f"settles at the optimum after {runs['u_perp_e1']['alt_ls']['steps_to_tol']} iterations (rounding)")
     else:
-        ok, ev = None, "aligned run disabled"
+        ok, ev = None, "aligned runs disabled"
     add(
         "ALT-LS-fails-iff-u0-perp-e1",
-        "Exact alternating minimisation depends on u0 only and fails iff e1^T u0 = 0 (power iteration on "
-        "X X^T: stuck at the sigma2 saddle; u0 in ker X, e.g. u0 = 0, breaks down to v = 0). It converges "
-        "from u0 = -s v0 and from large/small norms, where GD fails or needs a small lr. In the paper's "
-        "family (u0, v0 from eq. (2)) both methods fail on the same set tau0 = 0.",
+        "Exact alternating minimisation depends on u0 only and fails iff e1^T u0 = 0 (it is power iteration "
+        "on X X^T: stuck at the sigma2 saddle; u0 in ker X, e.g. u0 = 0, breaks down to v = 0). It converges "
+        "from v0 = -s u0 and from large/small norms, where GD fails or needs a small lr. In the paper's family "
+        "(eq. (2)) GD and alternating minimisation fail on the same set (tau0 = 0 for a^T b > 0).",
         ok,
         ev,
     )
-    altgd = [k for k in next(iter(runs.values())) if k.startswith("alt_gd@")]
-    mid_alt = [k for k in altgd if 1.0 < h_of(k) < 2.0]
+    mid_alt = [k for k in alt_keys if 1.0 < h_of(k) < 2.0]
     ok = all(st(n, k) == "optimum" for n in generic for k in mid_alt) if mid_alt else None
     add(
         "ALT-GD-larger-step",
-        "Alternating gradient steps (u, then v with the new u) are linearly stable at the balanced "
-        "minimiser up to lr < 2/sigma1 (eigenvalues 1 and (1 - lr sigma1)^2; at an unbalanced one "
-        "(1 - lr|v|^2)(1 - lr|u|^2), and out-of-span directions need lr|u|^2, lr|v|^2 < 2) and converge "
-        "from generic starts at step sizes in (1/sigma1, 2/sigma1) where simultaneous GD cannot; "
-        "globally, start-dependent divergence sets in well before 2/sigma1 (see lr_scan).",
+        "Alternating gradient steps (u, then v with the new u) are linearly stable at the balanced minimiser "
+        "up to lr < 2/sigma1 (eigenvalues 1 and (1 - lr sigma1)^2; at an unbalanced one (1 - lr|v|^2)(1 - "
+        "lr|u|^2), and out-of-span directions need lr|u|^2, lr|v|^2 < 2) and converge from generic starts at "
+        "step sizes in (1/sigma1, 2/sigma1) where simultaneous GD cannot; globally, start-dependent "
+        "divergence sets in well before 2/sigma1 (lr_scan).",
         ok,
         f"generic starts x alt_gd lr*sigma1 in {[h_of(k) for k in mid_alt]}",
     )
-    ok = runs["large_norm"][below[-1]]["status"] == "diverged" if below else None
+    pairs = [(n, k, runs[n][k]) for n in runs for k in below if n != "origin"]
+    lo = [r for n, k, r in pairs if r["init_lr_norm"] <= 2.0]
+    hi = [r for n, k, r in pairs if r["init_lr_norm"] >= 6.0]
+    ok = (all(r["status"] != "diverged" for r in lo) and all(r["status"] == "diverged" for r in hi)) if hi else None
     add(
         "GD-large-init",
-        "Large initial norm: GD diverges even for lr < 1/sigma1 when lr(|u0|^2+|v0|^2) is well above 2.",
+        "Initial scale: with lr < 1/sigma1, GD did not diverge from any start with lr(|u0|^2+|v0|^2) <= 2 and "
+        "diverged from every start with lr(|u0|^2+|v0|^2) >= 6 (in between it depends on the start).",
         ok,
-        f"large_norm at lr*sigma1 = {h_of(below[-1]) if below else None}: "
-        f"{runs['large_norm'][below[-1]]['status'] if below else None}",
+        f"{len(lo)} runs with lr(|u0|^2+|v0|^2) <= 2, {len(hi)} with >= 6 "
+        f"(large_norm: {[round(runs['large_norm'][k]['init_lr_norm'], 3) for k in below]})",
     )
     return claims
 
