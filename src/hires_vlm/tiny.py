@@ -57,7 +57,7 @@ def build_tiny(method: str | dict | MethodConfig = "llava_hd", *, template: str 
     """A tiny random-init model of ``method`` and its processor; deterministic for a seed."""
     tokenizer = build_bpe_tokenizer(corpus, vocab_size=vocab_size, template=template)
     image_id = add_image_token(tokenizer)
-    method_cfg = resolve_method_config(method)
+    method_cfg = resolve_method_config(method).bind_tokenizer(tokenizer)
     torch.manual_seed(seed)
     config = HiResVLMConfig(
         vision_config=tiny_vision_config(tile_size, patch_size, vision_hidden, vision_layers).to_dict(),

@@ -33,7 +33,9 @@ def read_predictions(path: str | Path, *, mmbench_rounds: bool = False) -> tuple
     """
     path = Path(path)
     if not path.is_file():
-        raise BenchmarkDataError(f"predictions file {path} does not exist; expected JSON Lines with question_id and text")
+        raise BenchmarkDataError(
+            f"predictions file {path} does not exist; expected JSON Lines with question_id and text"
+        )
     predictions: dict[str, str] = {}
     counts = {"n_lines": 0, "n_malformed_lines": 0, "n_duplicates": 0}
     with open(path, encoding="utf-8") as f:

@@ -74,7 +74,7 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
         if mode in ("I", "F") and hi - lo < 1e-12:
             hi = lo + 1.0
         arr = np.clip((arr - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
+        return Image.fromarray(arr).convert("RGB")
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
         mode = "RGBA"

@@ -65,6 +65,10 @@ class MethodConfig:
     def replace(self, **changes) -> "MethodConfig":
         return type(self).from_dict({**self.to_dict(), **changes})
 
+    def bind_tokenizer(self, tokenizer) -> "MethodConfig":
+        """Fill fields that depend on the LM's tokenizer (e.g. SliME's separator token id); default: unchanged."""
+        return self
+
     def imaging_spec(self, tile_size: int, mean, std) -> ImagingSpec:
         """The views this method needs; every subclass defines it."""
         raise TypeError(f"{type(self).__name__} does not define imaging_spec")

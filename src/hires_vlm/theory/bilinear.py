@@ -29,9 +29,11 @@ Critical points of L: the origin (loss 1/2 |X|^2), the sigma_2 pair (a strict sa
 Step-size thresholds for simultaneous gradient descent (derived in ``lr_thresholds``): the
 Hessian at a minimiser ``(u, v)`` has largest eigenvalue ``|u|^2 + |v|^2 >= 2 sigma_1`` (equality at
 the balanced one), so no global minimiser is linearly stable once ``lr > 1/sigma_1``. On the
-invariant set ``u = sign(lambda_top) v`` (balanced) the dynamics reduces to the cubic map
-``tau -> tau (1 + r (1 - tau^2))`` with ``r = lr sigma_1`` whose bounded orbits disappear (for almost
-every start) at ``r > 2``: ``2/sigma_1`` is the divergence threshold of that reduced system.
+invariant line ``u = sign(lambda_top) v = sqrt(sigma_1) tau e_1`` the dynamics is the cubic map
+``tau -> tau (1 + r (1 - tau^2))`` with ``r = lr sigma_1``: ``[-T, T]``, ``T^2 = (2 + r)/r``, is
+invariant iff ``4(1 + r)^3 <= 27(2 + r)`` iff ``r <= 2``, and ``|tau| > T`` grows without bound, so
+``2/sigma_1`` is the divergence threshold of that reduced system (generic, unbalanced starts can
+diverge below it; see ``lr_scan``).
 Alternating gradient steps (u then v) have linearisation eigenvalues ``{1, (1 - lr sigma_1)^2}``
 at the balanced minimiser, i.e. local stability up to ``lr < 2/sigma_1``.
 
@@ -163,6 +165,15 @@ class BilinearProblem:
     def loss(self, u: np.ndarray, v: np.ndarray) -> float:
         r = self.residual(u, v)
         return 0.5 * float(np.sum(r * r))
+
+    def losses(self, us: np.ndarray, vs: np.ndarray, *, chunk: int = 2048) -> np.ndarray:
+        """``loss`` for every row pair of ``us``, ``vs`` (same arithmetic, vectorised)."""
+        out = np.empty(us.shape[0])
+        with np.errstate(over="ignore", invalid="ignore"):
+            for i in range(0, us.shape[0], chunk):
+                r = us[i : i + chunk, :, None] * vs[i : i + chunk, None, :] - self.X
+                out[i : i + chunk] = 0.5 * np.sum(r * r, axis=(1, 2))
+        return out
 
     def grads(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(dL/du, dL/dv) = (|v|^2 u - X v, |u|^2 v - X^T u)``: the expanded form the paper
@@ -382,8 +393,7 @@ def _run_gd(problem, u0, v0, lr, steps, *, alternating: bool, name: str) -> Traj
     X = problem.X
     us = np.empty((steps + 1, d))
     vs = np.empty((steps + 1, d))
-    losses = np.empty(steps + 1)
-    us[0], vs[0], losses[0] = u, v, problem.loss(u, v)
+    us[0], vs[0] = u, v
     n = steps
     diverged_at = None
     limit = BLOWUP * BLOWUP
@@ -403,14 +413,14 @@ def _run_gd(problem, u0, v0, lr, steps, *, alternating: bool, name: str) -> Traj
             if not (nu + nv < limit):  # also catches nan/inf
                 diverged_at, n = t, t
                 break
-            r = np.outer(u, v) - X
-            us[t + 1], vs[t + 1], losses[t + 1] = u, v, 0.5 * float(np.sum(r * r))
+            us[t + 1], vs[t + 1] = u, v
+    us, vs = us[: n + 1].copy(), vs[: n + 1].copy()
     return Trajectory(
         method=name,
         lr=float(lr),
-        losses=losses[: n + 1].copy(),
-        us=us[: n + 1].copy(),
-        vs=vs[: n + 1].copy(),
+        losses=problem.losses(us, vs),
+        us=us,
+        vs=vs,
         diverged=diverged_at is not None,
         diverged_at=diverged_at,
     )
@@ -454,21 +464,20 @@ def alternating_ls(problem: BilinearProblem, u0, steps: int, v0=None) -> Traject
     us = np.empty((steps + 1, d))
     vs = np.empty((steps + 1, d))
     v_half = np.empty((steps, d))
-    losses = np.empty(steps + 1)
-    half_losses = np.empty(steps)
-    us[0], vs[0], losses[0] = u, v_init, problem.loss(u, v_init)
+    us[0], vs[0] = u, v_init
     breakdown = None
     for t in range(steps):
         v, deg_v = ls_solve(problem, u)
-        v_half[t], half_losses[t] = v, problem.loss(u, v)
+        v_half[t] = v
         u, deg_u = ls_solve(problem, v)
         if (deg_v or deg_u) and breakdown is None:
             breakdown = t
-        us[t + 1], vs[t + 1], losses[t + 1] = u, v, problem.loss(u, v)
+        us[t + 1], vs[t + 1] = u, v
+    half_losses = problem.losses(us[:steps], v_half)
     return Trajectory(
         method="alt_ls",
         lr=None,
-        losses=losses,
+        losses=problem.losses(us, vs),
         us=us,
         vs=vs,
         extras={"v_half": v_half, "half_losses": half_losses, "breakdown": breakdown},
@@ -767,24 +776,31 @@ def _batched_final(problem, U, V, lr, steps, *, alternating: bool) -> tuple[np.n
     U = U.copy()
     V = V.copy()
     alive = np.ones(U.shape[0], dtype=bool)
+    XT = X.T
+
+    def prune() -> None:
+        nonlocal alive
+        size = np.maximum(np.abs(U).max(1), np.abs(V).max(1))
+        bad = ~(size <= BLOWUP)  # also nan
+        if bad.any():
+            alive &= ~bad
+            U[bad] = 0.0
+            V[bad] = 0.0
+
     with np.errstate(over="ignore", invalid="ignore"):
-        for _ in range(steps):
+        for t in range(steps):
             if alternating:
-                U = U - lr * (np.sum(V * V, 1, keepdims=True) * U - V @ X)
-                V = V - lr * (np.sum(U * U, 1, keepdims=True) * V - U @ X)
+                U = U - lr * (np.einsum("ij,ij->i", V, V)[:, None] * U - V @ XT)
+                V = V - lr * (np.einsum("ij,ij->i", U, U)[:, None] * V - U @ XT)
             else:
-                GU = np.sum(V * V, 1, keepdims=True) * U - V @ X
-                GV = np.sum(U * U, 1, keepdims=True) * V - U @ X
+                GU = np.einsum("ij,ij->i", V, V)[:, None] * U - V @ XT
+                GV = np.einsum("ij,ij->i", U, U)[:, None] * V - U @ XT
                 U, V = U - lr * GU, V - lr * GV
-            bad = ~(np.all(np.isfinite(U), 1) & np.all(np.isfinite(V), 1)) | (
-                np.maximum(np.abs(U).max(1), np.abs(V).max(1)) > BLOWUP
-            )
-            if bad.any():
-                alive &= ~bad
-                U[bad] = 0.0
-                V[bad] = 0.0
-            if not alive.any():
-                break
+            if t % 16 == 15:  # rows are independent: a blown-up row cannot affect the others
+                prune()
+                if not alive.any():
+                    break
+        prune()
     R = U[:, :, None] * V[:, None, :] - X
     loss = 0.5 * np.sum(R * R, axis=(1, 2))
     gap = loss - rank_one_optimum(problem).loss_opt
@@ -1225,7 +1241,7 @@ def plot_experiment(res: ExperimentResult, path) -> None:
         ax.set_title(f"(d) step-size scan ({scan['steps']} steps)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=90)
+    fig.savefig(path, format="png", dpi=80)
     plt.close(fig)
 
 

@@ -15,8 +15,8 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 
 from .bilinear import (
@@ -169,11 +169,14 @@ def format_report(res: ExperimentResult, brute: float | None = None) -> str:
 
 
 def _atomic_write_bytes(path: str, writer) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    """Write through a unique temporary file in the same directory, then ``os.replace`` it over
+    ``path`` (readers never see a partial file). The file mode follows the umask."""
+    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             writer(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -220,16 +223,17 @@ def run(args: argparse.Namespace) -> int:
     payload = json.dumps(to_jsonable(res.summary), indent=1, allow_nan=False).encode()
     _atomic_write_bytes(json_path, lambda fh: fh.write(payload))
     written = [json_path]
+    rc = 0
     if not args.no_plot:
         png_path = os.path.join(args.out, "bilinear.png")
-
-        def _w(fh):
-            plot_experiment(res, fh)
-
-        _atomic_write_bytes(png_path, _w)
-        written.append(png_path)
+        try:
+            _atomic_write_bytes(png_path, lambda fh: plot_experiment(res, fh))
+            written.append(png_path)
+        except ImportError as exc:  # matplotlib is a declared dependency, but say it plainly
+            print(f"error: cannot draw {png_path}: {exc}", file=sys.stderr)
+            rc = 1
     print(f"\nwrote {', '.join(written)} in {time.perf_counter() - t0:.1f} s")
-    return 0
+    return rc
 
 
 def main(argv: Sequence[str] | None = None) -> int:

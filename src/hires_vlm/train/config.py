@@ -6,11 +6,14 @@ A run is::
     model:    {source: tiny | pretrained, path, method, template, tiny: {sizes}}
     data:     {train: FILE | synthetic, image_folder, synthetic: {...}, max_length}
     training: {defaults for every stage: HF TrainingArguments names}
-    stages:   [{name, template, trainable: {module prefix: lr}, method_runtime: {...}, training: {...}}]
+    stages:   [{name, template, trainable: {module prefix: lr}, method_runtime: {...}, training: {...},
+                lora: {r, alpha, dropout, target_modules, lr}}]
 
 ``trainable`` maps parameter-name prefixes of ``HiResVLM`` (``connector``, ``connector.projector``,
 ``language_model``, ``vision_tower``, …) to their learning rate; everything else is frozen.
 ``method_runtime`` changes the method's run-time fields for the stage (SliME's branches, γ, …).
+``lora`` (optional) trains LoRA adapters (peft) on the language model's ``target_modules`` at
+learning rate ``lr``; they are merged into the weights when the stage saves.
 Unknown keys are errors that list the valid ones.
 """
 
@@ -33,6 +36,9 @@ TRAINING_KEYS = {
 }
 
 
+LORA_KEYS = {"r", "alpha", "dropout", "target_modules", "lr"}
+
+
 class ConfigError(ValueError):
     pass
 
@@ -49,7 +55,7 @@ def _check_keys(where: str, d: dict, allowed: set[str]) -> None:
 class ModelSpec:
     source: str = "tiny"  # tiny | pretrained
     path: str | None = None
-    method: Any = "llava_hd"
+    method: Any = "llava_hd"  # preset name or dict; "keep" (pretrained only): the saved model's method
     template: str | None = None  # None: the model's own (tiny: chatml)
     tiny: dict = field(default_factory=dict)
     max_length: int | None = None
@@ -71,6 +77,7 @@ class StageSpec:
     method_runtime: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)  # per-stage overrides of DataSpec fields
+    lora: dict = field(default_factory=dict)  # LoRA on the language model: {r, alpha, dropout, target_modules, lr}
 
 
 @dataclass
@@ -102,9 +109,20 @@ class TrainConfig:
 def parse_value(text: str) -> Any:
     """A ``--set`` value: YAML scalar/list/mapping syntax (``1e-3``, ``true``, ``[1, 2]``, ``null``)."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    return _number(value)
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``2e-5`` (no dot) as a string; take it as the number it obviously is."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            return value
+    return value
 
 
 def apply_override(raw: dict, assignment: str) -> None:
@@ -169,16 +187,39 @@ def from_dict(raw: dict, source_file: str | None = None) -> TrainConfig:
         trainable = s.get("trainable")
         if not isinstance(trainable, dict) or not trainable:
             raise ConfigError(f"stage {s['name']!r} needs 'trainable': {{module prefix: learning rate}}")
+        trainable = {k: _number(v) for k, v in trainable.items()}
         for k, v in trainable.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"stage {s['name']!r}: learning rate of {k!r} must be a positive number, got {v!r}")
         _check_keys(f"stages[{i}].training", s.get("training") or {}, TRAINING_KEYS)
         _check_keys(f"stages[{i}].data", s.get("data") or {}, {f.name for f in dataclasses.fields(DataSpec)})
+        lora = dict(s.get("lora") or {})
+        if lora:
+            _check_lora(s["name"], lora)
         stages.append(StageSpec(name=s["name"], trainable={k: float(v) for k, v in trainable.items()},
                                 template=s.get("template"), method_runtime=dict(s.get("method_runtime") or {}),
-                                training=dict(s.get("training") or {}), data=dict(s.get("data") or {})))
+                                training=dict(s.get("training") or {}), data=dict(s.get("data") or {}), lora=lora))
     return TrainConfig(output_dir=str(run["output_dir"]), seed=int(run.get("seed", 0)), model=mspec, data=dspec,
                        training=dict(training), stages=stages, source_file=source_file)
+
+
+def _check_lora(stage: str, lora: dict) -> None:
+    _check_keys(f"stage {stage!r} lora", lora, LORA_KEYS)
+    for key in ("r", "lr", "target_modules"):
+        if key not in lora:
+            raise ConfigError(f"stage {stage!r}: lora needs {key!r} (keys: {sorted(LORA_KEYS)})")
+    if not isinstance(lora["r"], int) or isinstance(lora["r"], bool) or lora["r"] < 1:
+        raise ConfigError(f"stage {stage!r}: lora.r must be a positive integer, got {lora['r']!r}")
+    for key in ("lr", "alpha"):
+        v = lora.get(key, 1)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            raise ConfigError(f"stage {stage!r}: lora.{key} must be a positive number, got {v!r}")
+    d = lora.get("dropout", 0.0)
+    if not isinstance(d, (int, float)) or isinstance(d, bool) or not 0 <= d < 1:
+        raise ConfigError(f"stage {stage!r}: lora.dropout must be in [0, 1), got {d!r}")
+    tm = lora["target_modules"]
+    if not (isinstance(tm, str) or (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm))):
+        raise ConfigError(f"stage {stage!r}: lora.target_modules must be a module name list (or 'all-linear')")
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
@@ -200,7 +241,10 @@ def validate(cfg: TrainConfig) -> None:
     from ..methods import resolve_method_config
     from ..text import get_template
 
-    resolve_method_config(cfg.model.method)
+    if cfg.model.method not in (None, "keep"):
+        resolve_method_config(cfg.model.method)
+    elif cfg.model.source == "tiny":
+        raise ConfigError("model.method is required for a tiny model")
     if cfg.model.template:
         get_template(cfg.model.template)
     for s in cfg.stages:

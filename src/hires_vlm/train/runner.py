@@ -67,6 +67,36 @@ def set_trainable(model: torch.nn.Module, trainable: dict[str, float]) -> dict[s
     return {n: v[0] for n, v in lrs.items()}  # type: ignore[index]
 
 
+def apply_lora(model: torch.nn.Module, spec: dict) -> dict[str, float]:
+    """Wrap ``model.language_model`` with peft LoRA adapters; returns {parameter name: lr} of the adapters.
+
+    The language model's own weights stay frozen (a stage with ``lora`` must not also train
+    ``language_model``); :func:`merge_lora` folds the adapters into them before the stage saves.
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError("a stage with 'lora' needs peft: pip install 'hires-vlm[lora]'") from None
+    lm = model.language_model
+    if any(p.requires_grad for p in lm.parameters()):
+        raise ConfigError("a stage with 'lora' must not also list 'language_model' (or a part of it) in "
+                          "'trainable': LoRA trains adapters on the frozen language model")
+    targets = spec["target_modules"]
+    config = LoraConfig(r=int(spec["r"]), lora_alpha=float(spec.get("alpha", spec["r"])),
+                        lora_dropout=float(spec.get("dropout", 0.0)), bias="none",
+                        target_modules=targets if isinstance(targets, str) else list(targets))
+    model.language_model = get_peft_model(lm, config)
+    lr = float(spec["lr"])
+    return {n: lr for n, p in model.named_parameters() if p.requires_grad and n.startswith("language_model.")}
+
+
+def merge_lora(model: torch.nn.Module) -> None:
+    """Fold LoRA adapters into the language model's weights and drop the peft wrapper (no-op without one)."""
+    lm = model.language_model
+    if hasattr(lm, "merge_and_unload"):
+        model.language_model = lm.merge_and_unload()
+
+
 def component_table(model: torch.nn.Module) -> list[tuple[str, int, int]]:
     """(component, parameters, trainable parameters) for the tower, each connector part and the LM."""
     groups: dict[str, list[int]] = {}
@@ -196,7 +226,7 @@ def load_stage_model(cfg: TrainConfig, stage_index: int, train_file: str):
     if m.source == "pretrained":
         model = HiResVLM.from_pretrained(m.path)
         proc = HiResVLMProcessor.from_pretrained(m.path)
-        if m.method is not None and m.method != "keep":
+        if m.method not in (None, "keep"):
             from ..methods import resolve_method_config
 
             wanted = resolve_method_config(m.method)
@@ -247,6 +277,19 @@ def save_loss_plot(history: list[dict], path: str, title: str) -> None:
     os.replace(tmp, path)
 
 
+def resolve_config_path(path: str, config_file: str | None) -> str:
+    """A path as given, else relative to the config file, else inside the packaged ``configs/``."""
+    candidates = [path]
+    if config_file:
+        candidates.append(os.path.join(os.path.dirname(os.path.abspath(config_file)), path))
+    pkg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    candidates.append(os.path.join(pkg, path.removeprefix("configs/")))
+    for c in candidates:
+        if os.path.isfile(c):
+            return c
+    raise ConfigError(f"file {path!r} not found (looked in {candidates})")
+
+
 def training_arguments(cfg: TrainConfig, stage: StageSpec, stage_dir: str, lrs: dict[str, float]):
     from transformers import TrainingArguments
 
@@ -257,6 +300,8 @@ def training_arguments(cfg: TrainConfig, stage: StageSpec, stage_dir: str, lrs: 
     }
     t.update(cfg.stage_training(stage))
     gc = bool(t.pop("gradient_checkpointing", False))
+    if isinstance(t.get("deepspeed"), str):
+        t["deepspeed"] = resolve_config_path(t["deepspeed"], cfg.source_file)
     if "warmup_ratio" in t:
         ratio = t.pop("warmup_ratio")
         if "warmup_steps" not in t and ratio:
@@ -271,8 +316,9 @@ def training_arguments(cfg: TrainConfig, stage: StageSpec, stage_dir: str, lrs: 
         label_names=["labels"],
         save_strategy="steps",
         logging_strategy="steps",
-        gradient_checkpointing=gc,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        activation_checkpointing=gc,
+        activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        dataloader_pin_memory=cuda,
         ddp_backend=None if cuda else ("gloo" if world > 1 else None),
         ddp_find_unused_parameters=t.pop("ddp_find_unused_parameters", True if world > 1 else None),
         disable_tqdm=not is_main_process(),
@@ -281,7 +327,7 @@ def training_arguments(cfg: TrainConfig, stage: StageSpec, stage_dir: str, lrs: 
     return args
 
 
-def run_stage(cfg: TrainConfig, index: int) -> StageResult:
+def run_stage(cfg: TrainConfig, index: int, callbacks: list | None = None) -> StageResult:
     from ..data.llava_json import LlavaCollator, LlavaDataset
 
     stage = cfg.stages[index]
@@ -302,6 +348,8 @@ def run_stage(cfg: TrainConfig, index: int) -> StageResult:
 
     processor = HiResVLMProcessor(processor.tokenizer, model.config)
     lrs = set_trainable(model, stage.trainable)
+    if stage.lora:
+        lrs.update(apply_lora(model, stage.lora))
     table = log_components(model, stage.name)
     if is_main_process():
         atomic_write_text(os.path.join(stage_dir, "components.txt"), table + "\n")
@@ -313,7 +361,7 @@ def run_stage(cfg: TrainConfig, index: int) -> StageResult:
     trainer_cls = _make_trainer_class()
     trainer_cls.module_lrs = lrs
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset,
-                          data_collator=LlavaCollator(processor.tokenizer.pad_token_id))
+                          data_collator=LlavaCollator(processor.tokenizer.pad_token_id), callbacks=callbacks)
     ckpt = latest_complete_checkpoint(stage_dir)
     barrier()
     if ckpt:
@@ -328,12 +376,13 @@ def run_stage(cfg: TrainConfig, index: int) -> StageResult:
     if is_main_process() and os.path.isdir(tmp):
         shutil.rmtree(tmp)
     barrier()
+    merge_lora(model)
     trainer.save_model(tmp)
     if is_main_process():
         processor.save_pretrained(tmp)
         atomic_write_text(os.path.join(tmp, "training_stage.json"), json.dumps(
             {"stage": stage.name, "trainable": stage.trainable, "method_runtime": stage.method_runtime,
-             "template": model.config.template, "data_skips": dict(dataset.skipped)}, indent=2))
+             "lora": stage.lora, "template": model.config.template, "data_skips": dict(dataset.skipped)}, indent=2))
         os.replace(tmp, final_dir)
         atomic_write_text(os.path.join(stage_dir, "log_history.json"), json.dumps(history, indent=2))
         save_loss_plot(history, os.path.join(stage_dir, "loss.png"), f"{stage.name}")
@@ -354,8 +403,11 @@ def write_resolved_config(cfg: TrainConfig) -> str:
     return path
 
 
-def run_training(cfg: TrainConfig, stages: list[str] | None = None) -> list[StageResult]:
-    """Run every stage (or the named ones, in config order). Returns one result per stage."""
+def run_training(cfg: TrainConfig, stages: list[str] | None = None, callbacks: list | None = None) -> list[StageResult]:
+    """Run every stage (or the named ones, in config order). Returns one result per stage.
+
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects for every stage.
+    """
     validate(cfg)
     from transformers import set_seed
 
@@ -370,7 +422,7 @@ def run_training(cfg: TrainConfig, stages: list[str] | None = None) -> list[Stag
     for i, s in enumerate(cfg.stages):
         if stages and s.name not in stages:
             continue
-        results.append(run_stage(cfg, i))
+        results.append(run_stage(cfg, i, callbacks))
     if is_main_process():
         summary = [r.__dict__ for r in results]
         atomic_write_text(os.path.join(cfg.output_dir, "summary.json"),

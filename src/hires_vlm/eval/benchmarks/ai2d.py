@@ -88,7 +88,7 @@ def load_ai2d(path: str | Path, *, split: str = "test") -> Benchmark:
     if split not in ("test", "all"):
         raise ValueError(f"ai2d: split must be 'test' or 'all', got {split!r}")
     if path.is_file() or (path.is_dir() and not (path / "questions").is_dir() and any(path.glob("*.tsv"))):
-        return load_tsv_mcq(path, "ai2d", score_ai2d)
+        return load_tsv_mcq(path, "ai2d", score_ai2d, file_hint="AI2D_TEST.tsv (VLMEvalKit layout)")
     if not path.is_dir():
         raise BenchmarkDataError(f"ai2d: {path} does not exist; expected the ai2d/ folder or AI2D_TEST.tsv")
     return _load_released(path, split)

@@ -136,7 +136,7 @@ class Benchmark:
         self.skipped: Counter = Counter(skipped or {})
         if self.skipped:
             logger.warning(
-                "%s: skipped %d malformed record(s) under %s: %s",
+                "%s: skipped %d record(s) under %s: %s",
                 name, sum(self.skipped.values()), root, dict(self.skipped),
             )
 
@@ -274,7 +274,11 @@ def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value) or str(value).strip() in PANDAS_NA
 
 
-def find_image(directory: Path, stem: str, extensions: tuple[str, ...] = (".jpg", ".png", ".jpeg", ".JPG", ".PNG")) -> Path | None:
+IMAGE_EXTENSIONS = (".jpg", ".png", ".jpeg", ".JPG", ".PNG")
+
+
+def find_image(directory: Path, stem: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> Path | None:
+    """The file ``<stem><ext>`` in ``directory`` for the first extension that exists, else None."""
     for ext in extensions:
         candidate = directory / f"{stem}{ext}"
         if candidate.is_file():

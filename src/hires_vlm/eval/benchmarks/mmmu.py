@@ -24,5 +24,10 @@ def load_mmmu(path: str | Path, *, split: str | None = "validation") -> Benchmar
     """MMMU multiple-choice questions of ``split`` (``None``: every split). ``path``: the TSV or its folder."""
     keep = None if split is None else (lambda row: row.get("split") in (None, split))
     return load_tsv_mcq(
-        Path(path), "mmmu", score_mmmu, keep=keep, no_options_reason="open question (only multiple choice is scored)"
+        Path(path),
+        "mmmu",
+        score_mmmu,
+        keep=keep,
+        no_options_reason="open question (only multiple choice is scored)",
+        file_hint="MMMU_DEV_VAL.tsv (VLMEvalKit layout)",
     )

@@ -25,7 +25,7 @@ def load_seedbench(path: str | Path, *, image_dir: str | Path | None = None) -> 
     """SEED-Bench image questions. ``path``: SEED-Bench.json, its folder, or a ``.tsv`` file."""
     path = Path(path)
     if path.suffix == ".tsv" or (path.is_dir() and not (path / SEED_FILES[0]).exists() and any(path.glob("*.tsv"))):
-        return load_tsv_mcq(path, "seedbench", score_seedbench)
+        return load_tsv_mcq(path, "seedbench", score_seedbench, file_hint="SEEDBench_IMG.tsv (VLMEvalKit layout)")
     file = path if path.is_file() else path / SEED_FILES[0]
     data = read_json(file, "seedbench", "SEED-Bench.json with 'question_type' and 'questions'")
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):

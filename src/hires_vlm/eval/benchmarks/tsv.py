@@ -133,13 +133,14 @@ def load_tsv_mcq(
     category_field: str = "category",
     keep: Callable[[McqRow], bool] | None = None,
     no_options_reason: str = "fewer than two options",
+    file_hint: str | None = None,
 ) -> Benchmark:
     """A VLMEvalKit multiple-choice TSV as a benchmark of ``ChoiceAnnotation``s.
 
     ``keep`` filters rows (MMMU keeps one split's multiple-choice questions). The prompt puts the
     ``hint`` cell, when present, on the line before the question.
     """
-    file = find_tsv(path, bench, f"the {bench} TSV")
+    file = find_tsv(path, bench, file_hint or f"the {bench} TSV")
     c = Collector()
     for row in read_mcq_tsv(file, bench, c.skipped):
         try:

@@ -79,11 +79,14 @@ def _vqav2_question_file(path: Path) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise BenchmarkDataError(f"vqav2: {path} does not exist; expected a folder with v2_OpenEnded_mscoco_<subset>_questions.json")
+        raise BenchmarkDataError(
+            f"vqav2: {path} does not exist; expected a folder with v2_OpenEnded_mscoco_<subset>_questions.json"
+        )
     found = sorted(p for p in path.iterdir() if _VQAV2_QUESTIONS.search(p.name))
     if not found:
         raise BenchmarkDataError(
-            f"vqav2: expected v2_OpenEnded_mscoco_<subset>_questions.json (e.g. <subset> = val2014) in {path}, found none"
+            f"vqav2: expected v2_OpenEnded_mscoco_<subset>_questions.json (e.g. <subset> = val2014) "
+            f"in {path}, found none"
         )
     if len(found) > 1:
         preferred = [p for p in found if "val2014" in p.name]
@@ -160,5 +163,6 @@ def load_gqa(path: str | Path, *, image_dir: str | Path | None = None) -> Benchm
         except Malformed as err:
             c.skip(str(err))
             continue
-        c.add(EvalSample(str(qid), images / f"{image_id}.jpg", short_answer_prompt(question), {"image_id": image_id}), ann)
+        sample = EvalSample(str(qid), images / f"{image_id}.jpg", short_answer_prompt(question), {"image_id": image_id})
+        c.add(sample, ann)
     return c.build("gqa", root, score_gqa)

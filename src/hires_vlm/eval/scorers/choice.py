@@ -11,7 +11,7 @@ as ``unparsed``.
 The rules, first match wins (letters are the first ``len(options)`` of ``A B C …``):
 
 1. The whole answer is one letter, optionally wrapped: ``B``, ``b``, ``(B)``, ``[B]``, ``B.``,
-   ``B)``, ``**B**``.
+   ``B)``, ``**B**`` (a lower-case letter that is itself one option's text picks that option).
 2. The answer opens with a letter label: ``B. text``, ``(B) text``, ``B) text``, ``B: text``.
 3. An explicit statement names one letter: ``The answer is (B).``, ``Answer: B``,
    ``the correct option is B``. Several statements must agree.
@@ -121,11 +121,14 @@ def parse_choice(response: str, options: Sequence[str]) -> str | None:
         return None
     core = text.strip(" \t\n\r*_`\"'")
 
-    # 1. the answer is a single (wrapped) letter
+    # 1. the answer is a single (wrapped) letter; a lower-case one that is an option's text is that option
     m = _WRAPPED_LETTER.fullmatch(core)
     if m:
-        letter = m.group(1).upper()
-        return letter if letter in letters else None
+        same_text = [i for i, o in enumerate(options) if _norm_text(o) == m.group(1)]
+        if m.group(1).islower() and len(same_text) == 1:
+            return letters[same_text[0]]
+        if m.group(1).upper() in letters:
+            return m.group(1).upper()
     # 2. a leading label
     m = _LEADING_LABEL.match(core)
     if m and _first_group(m) in letters:
@@ -189,7 +192,7 @@ def score_multiple_choice(
     by_cat: dict[str, list[int]] = {}
     for qid, ann in anns.items():
         letter = parse_choice(look.get(qid), ann.options)
-        unparsed += letter is None
+        unparsed += letter is None and look.answered(qid)
         hit = int(letter == ann.answer)
         hits += hit
         if ann.category:

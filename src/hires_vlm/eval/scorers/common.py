@@ -8,7 +8,8 @@ Conventions of the whole ``scorers`` package, stated once:
   strings, so ``1`` and ``"1"`` are the same question.
 * The annotations define the question set. A question without a prediction is scored as an empty
   answer (wrong) and counted in ``n_missing``; predictions for unknown ids are counted in
-  ``n_extra`` and otherwise ignored.
+  ``n_extra`` and otherwise ignored. ``n_unparsed`` counts answers that exist but cannot be
+  read (no option letter, no yes/no, no number); missing answers are only in ``n_missing``.
 * Every rate (accuracy, precision, recall, F1, yes-ratio, MME acc/acc+) is a **percentage,
   0–100**. Counts are ints. Keys are flat; a ``/`` separates a breakdown from its metric
   (``"adversarial/f1"``, ``"category/biology/accuracy"``).
@@ -68,6 +69,10 @@ class Lookup:
             self.n_missing += 1
             return ""
         return text
+
+    def answered(self, qid: str) -> bool:
+        """Whether ``qid`` has a prediction (``n_unparsed`` counts only answers that exist)."""
+        return qid in self.predictions
 
     def counts(self) -> dict[str, int]:
         return {"n_missing": self.n_missing, "n_extra": self.n_extra}

@@ -122,7 +122,7 @@ def score_mathvista(predictions: Mapping[Any, Any], annotations: Mapping[Any, Ma
     buckets: dict[str, list[int]] = {}
     for qid, ann in anns.items():
         ok = mathvista_correct(look.get(qid), ann)
-        unparsed += ok is None
+        unparsed += ok is None and look.answered(qid)
         hit = int(bool(ok))
         hits += hit
         for key in (f"question_type/{slug(ann.question_type)}", f"answer_type/{slug(ann.answer_type)}") + (

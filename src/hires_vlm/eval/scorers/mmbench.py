@@ -64,7 +64,7 @@ def score_mmbench(predictions: Mapping[Any, Any], annotations: Mapping[Any, MMBe
     info: dict[str, MMBenchAnnotation] = {}
     for qid, ann in anns.items():
         letter = parse_choice(look.get(qid), ann.options)
-        unparsed += letter is None
+        unparsed += letter is None and look.answered(qid)
         groups.setdefault(ann.group, {})[ann.circular_pass] = int(letter == ann.answer)
         if ann.group not in info or ann.circular_pass < info[ann.group].circular_pass:
             info[ann.group] = ann

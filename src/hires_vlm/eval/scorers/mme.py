@@ -71,7 +71,7 @@ def score_mme(predictions: Mapping[Any, Any], annotations: Mapping[Any, MMEAnnot
     hits: dict[str, dict[str, list[int]]] = {}
     for qid, ann in anns.items():
         read = mme_yes_no(look.get(qid))
-        unparsed += read == "other"
+        unparsed += read == "other" and look.answered(qid)
         gold = ann.answer.strip().lower().replace(".", "")
         if gold not in ("yes", "no"):
             raise ValueError(f"mme: question {qid!r} has answer {ann.answer!r}; expected Yes or No")

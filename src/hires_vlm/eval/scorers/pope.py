@@ -7,7 +7,8 @@ commas; split on single spaces; if one of the words is ``No``, ``no`` or ``not``
 
 "yes" is the positive class. yes-ratio is the share of **predicted** yes answers (lmms-eval's
 ``pope_aggregate_yes_ratio`` counts ground-truth yes instead, which is always ~50 % on POPE).
-Precision, recall and F1 are 0 when undefined (no predicted / no true positives).
+Precision, recall and F1 are 0 when undefined (no predicted / no true positives). A question
+without an answer is counted as answered wrongly (the opposite of its label), not read as ``""``.
 
 Reported per split present in the annotations (``random``, ``popular``, ``adversarial``),
 ``overall/*`` over all questions pooled, and ``mean/*`` = the unweighted mean of the per-split
@@ -83,7 +84,12 @@ def score_pope(predictions: Mapping[Any, Any], annotations: Mapping[Any, PopeAnn
     look = Lookup(predictions, anns)
     by_split: dict[str, list[tuple[str, str]]] = {}
     for qid, ann in anns.items():
-        by_split.setdefault(ann.split, []).append((pope_yes_no(look.get(qid)), ann.label))
+        text = look.get(qid)
+        if look.answered(qid):
+            read = pope_yes_no(text)
+        else:  # a missing answer is wrong, whatever the label (LLaVA's rule would read "" as yes)
+            read = "no" if ann.label == "yes" else "yes"
+        by_split.setdefault(ann.split, []).append((read, ann.label))
     order = [s for s in SPLITS if s in by_split] + sorted(s for s in by_split if s not in SPLITS)
     metrics: dict[str, Any] = {}
     per_split = {s: binary_metrics(by_split[s]) for s in order}

@@ -1,0 +1,136 @@
+"""Training end to end on the tiny model: stages, freezing, checkpoints, exact resume, generate."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+import hires_vlm
+from hires_vlm.cli import main
+from hires_vlm.train.config import load_config
+from hires_vlm.train.runner import COMPLETE_MARKER, latest_complete_checkpoint, run_training, set_trainable
+
+CONFIG = os.path.join(os.path.dirname(hires_vlm.__file__), "configs", "llava_hd", "tiny.yaml")
+
+
+def _cfg(tmp_path, data, *extra):
+    return load_config(CONFIG, [f"run.output_dir={tmp_path}", f"data.train={data}",
+                                f"data.image_folder={os.path.dirname(data)}", *extra])
+
+
+@pytest.mark.slow
+def test_cli_trains_both_stages_loss_falls_and_generate_answers(tmp_path, tiny_data, capsys):
+    rc = main(["train", CONFIG, "--set", f"run.output_dir={tmp_path}", "--set", f"data.train={tiny_data}",
+               "--set", f"data.image_folder={os.path.dirname(tiny_data)}",
+               "--set", "stages.0.training.max_steps=4", "--set", "stages.1.training.max_steps=24",
+               "--set", "training.logging_steps=2", "--set", "training.save_steps=12"])
+    assert rc == 0
+    final = tmp_path / "sft" / "final"
+    assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "sft" / "loss.png").exists()
+    hist = [h["loss"] for h in json.loads((tmp_path / "sft" / "log_history.json").read_text()) if "loss" in h]
+    assert hist[-1] < hist[0] * 0.7, hist
+    comp = (tmp_path / "pretrain" / "components.txt").read_text()
+    assert "vision_tower" in comp and "frozen" in comp and "language_model" in comp
+    capsys.readouterr()
+    img = os.path.join(os.path.dirname(tiny_data), "img", "0.png")
+    assert main(["generate", "--model", str(final), "--image", img, "--prompt", "What colour is the circle?"]) == 0
+    answer = capsys.readouterr().out.strip()
+    assert answer in {"red", "green", "blue"}, answer
+    # A rerun skips finished stages.
+    assert main(["train", CONFIG, "--set", f"run.output_dir={tmp_path}", "--set", f"data.train={tiny_data}",
+                 "--set", f"data.image_folder={os.path.dirname(tiny_data)}"]) == 0
+    assert "already done" in capsys.readouterr().out
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+@pytest.mark.slow
+def test_interrupted_stage_resumes_exactly(tmp_path, tiny_data):
+    common = ["stages.0.training.max_steps=6", "training.save_steps=3", "training.logging_steps=1"]
+    a = _cfg(tmp_path / "a", tiny_data, *common)
+    run_training(a, stages=["pretrain"])
+    b = _cfg(tmp_path / "b", tiny_data, *common)
+    run_training(b, stages=["pretrain"], callbacks=[_StopAt(4)])  # "killed" after step 4's checkpoint
+    import shutil
+
+    shutil.rmtree(tmp_path / "b" / "pretrain" / "final")  # the interrupted run must not count as finished
+    assert latest_complete_checkpoint(str(tmp_path / "b" / "pretrain")).endswith("checkpoint-4")
+    run_training(b, stages=["pretrain"])
+    wa = load_file(str(tmp_path / "a" / "pretrain" / "final" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "pretrain" / "final" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+    la = [h["loss"] for h in json.loads((tmp_path / "a" / "pretrain" / "log_history.json").read_text()) if "loss" in h]
+    lb = [h["loss"] for h in json.loads((tmp_path / "b" / "pretrain" / "log_history.json").read_text()) if "loss" in h]
+    assert la[-2:] == pytest.approx(lb[-2:], rel=1e-5)
+
+
+def test_incomplete_checkpoints_are_set_aside(tmp_path):
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / COMPLETE_MARKER).write_text("3")
+    assert latest_complete_checkpoint(str(tmp_path)).endswith("checkpoint-3")
+    assert not (tmp_path / "checkpoint-5").exists()
+
+
+@pytest.mark.parametrize("trainable,expect", [
+    ({"connector": 1e-3}, {"connector"}),
+    ({"connector": 1e-3, "language_model": 2e-5}, {"connector", "language_model"}),
+    ({"vision_tower": 1e-4, "connector.projector": 1e-3}, {"vision_tower", "connector.projector"}),
+])
+def test_exactly_the_trainable_parameters_get_gradients(trainable, expect, tiny_data):
+    from tests.model.test_model import IMAGES, _train_batch
+    from hires_vlm.tiny import build_tiny
+
+    model, proc = build_tiny("llava_hd")
+    lrs = set_trainable(model, trainable)
+    model.train()
+    conv = [[{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "red"}]] * 2
+    model(**_train_batch(proc, conv, IMAGES[:2])).loss.backward()
+    # With vision_feature_layer = -2 the tower's last layer and post-norm are never used.
+    last = model.vision_tower.model.config.num_hidden_layers - 1
+    unused = (f"vision_tower.model.encoder.layers.{last}.", "vision_tower.model.post_layernorm")
+    for n, p in model.named_parameters():
+        trains = any(n == e or n.startswith(e + ".") for e in expect)
+        assert (p.grad is not None) == (trains and not n.startswith(unused)), n
+        assert (n in lrs) == trains
+    assert lrs["connector.projector.0.weight"] == trainable.get("connector.projector", trainable.get("connector"))
+
+
+def test_unknown_trainable_prefix_is_an_error():
+    from hires_vlm.tiny import build_tiny
+    from hires_vlm.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        set_trainable(build_tiny("llava")[0], {"conector": 1e-3})
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path, tiny_data):
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "hires_vlm.cli", "train", CONFIG, "--stage", "pretrain",
+           "--set", f"run.output_dir={tmp_path}", "--set", f"data.train={tiny_data}",
+           "--set", f"data.image_folder={os.path.dirname(tiny_data)}", "--set", "stages.0.training.max_steps=3",
+           "--set", "training.per_device_train_batch_size=2", "--set", "training.save_steps=2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((tmp_path / "pretrain" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert (tmp_path / "pretrain" / "final" / "model.safetensors").exists()
+    assert (tmp_path / "pretrain" / "checkpoint-2" / COMPLETE_MARKER).exists()
