@@ -70,6 +70,15 @@ def test_same_seed_gives_identical_files_whatever_the_workers(bench, tmp_path):
     assert (other.out_dir / "images/train/fine_detail/fine_detail-train-00000.png").read_bytes() != a
 
 
+def test_a_record_can_be_redrawn_from_its_family(bench):
+    for r in syn.read_records(bench.test_json)[::5]:
+        index = int(r["id"].rsplit("-", 1)[1])
+        s = syn.FAMILIES[r["family"]](3, index, split="test", qtype=r["qtype"], answer=r["conversations"][1]["value"])
+        with Image.open(bench.out_dir / r["image"]) as im:
+            assert np.array_equal(np.asarray(im.convert("RGB")), s.image)
+        assert r["conversations"][0]["value"] == "<image>\n" + s.question
+
+
 def test_train_and_test_never_share_an_image_question_pair(bench):
     pairs = {}
     for split in ("train", "test"):

@@ -19,7 +19,6 @@ Legend: b images, n windows, L = g² tokens per window, d channels; maps ``[b x 
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -31,21 +30,6 @@ from .dual import WINDOW_KINDS, cut_map, merge_windows
 AttentionBlock = Literal["residual_post_ln", "plain"]
 ATTENTION_BLOCKS: tuple[str, ...] = ("residual_post_ln", "plain")
 DIRECTIONS: tuple[str, ...] = ("both", "global_query", "local_query")
-
-
-def _torch_default_init(module: nn.Module, init) -> None:
-    """PyTorch's own ``reset_parameters`` for Linear/Conv (what the official code trains from),
-    through transformers' init functions so that weights loaded from a checkpoint are left alone."""
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            init.kaiming_uniform_(m.weight, a=math.sqrt(5))
-            if m.bias is not None:
-                fan_in = m.weight[0].numel()
-                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-                init.uniform_(m.bias, -bound, bound)
-        elif isinstance(m, nn.LayerNorm):
-            init.ones_(m.weight)
-            init.zeros_(m.bias)
 
 
 class WindowCrossAttention(nn.Module):
@@ -71,9 +55,6 @@ class WindowCrossAttention(nn.Module):
         if block == "residual_post_ln":
             self.out_proj = nn.Linear(dim, dim, bias=bias)
             self.norm = nn.LayerNorm(dim)
-
-    def init_parameters(self, init) -> None:
-        _torch_default_init(self, init)
 
     def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         bsz, length, dim = query.shape

@@ -23,8 +23,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .dem import _torch_default_init
-
 FusionKind = Literal["linear_concat", "mlp_concat", "conv3x3", "multiply", "weighted_add", "max", "add"]
 FUSION_KINDS: tuple[str, ...] = ("linear_concat", "mlp_concat", "conv3x3", "multiply", "weighted_add", "max", "add")
 FUSION_ORDERS: tuple[str, ...] = ("global_first", "local_first")
@@ -63,7 +61,7 @@ class DualFusion(nn.Module):
             self.norm = nn.LayerNorm(dim)
 
     def init_parameters(self, init) -> None:
-        _torch_default_init(self, init)
+        # Only called for a module holding parameters of its own: here the two weights of 'weighted_add'.
         if self.kind == "weighted_add":
             init.constant_(self.weights, 0.5)
 

@@ -514,7 +514,10 @@ class Family:
     def __call__(self, seed: int = 0, index: int = 0, *, split: str = "train", qtype: str | None = None,
                  answer: str | None = None, size_range: Sequence[int] = DEFAULT_SIZE_RANGE,
                  min_long_side: int | None = None, tile_size: int = DEFAULT_TILE_SIZE) -> Sample:
-        """Draw one item on its own (the benchmark draws item ``index`` of a split the same way)."""
+        """Draw one item on its own. With the ``qtype`` and ``answer`` of a benchmark record (and the
+        benchmark's seed, split, index and sizes) this is that record's image, pixel for pixel,
+        unless the record had to be redrawn to avoid the training split (which is rare).
+        """
         qtype = qtype or self.qtypes[index % len(self.qtypes)]
         if answer is None:
             answers = self.answers[qtype]
@@ -1162,6 +1165,9 @@ def generate_benchmark(out_dir: str | os.PathLike, *, train_per_family: int, tes
     for path in sorted(images_root.rglob("*")):
         rel = path.relative_to(out_dir).as_posix()
         if path.is_file() and (path.suffix == ".png" or path.name.endswith(".tmp")) and rel not in keep:
+            path.unlink()
+    for name in ("train.json", "test.json", "benchmark.json"):  # leftovers of an interrupted run
+        for path in out_dir.glob(f".{name}.*.tmp"):
             path.unlink()
 
     fams = {fam: FAMILIES[fam] for fam in names}

@@ -103,6 +103,7 @@ class HiResVLM(HiResVLMPreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model.vision_tower.requires_grad_(False)  # loading creates fresh parameters; keep the tower frozen
         path = os.fspath(pretrained_model_name_or_path)
         if os.path.isfile(os.path.join(path, "generation_config.json")):
             model.language_model.generation_config = GenerationConfig.from_pretrained(path)
