@@ -91,6 +91,7 @@ def build_from_parts(vision_dir: str, lm_dir: str, method="llava_hd", *, templat
     vision, vcfg, mean, std = load_vision_tower(vision_dir, dtype)
     _require_dir(lm_dir, "language model")
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    method_cfg = method_cfg.bind_tokenizer(tokenizer)  # e.g. SliME's separator: the id of ','
     lm = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=dtype)
     template = template or infer_template(tokenizer)
     get_template(template)

@@ -62,7 +62,7 @@ def _inspect(args) -> int:
 
     text, _ = run_inspect(args.image, method=args.method, config_file=args.config, model_dir=args.model,
                           tile_size=args.tile_size, patch_size=args.patch_size, as_json=args.json,
-                          figure=args.save_figure)
+                          figure=args.save_figure, route=args.route, prompt=args.prompt, gamma=args.gamma)
     print(text)
     return 0
 
@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, help="ViT patch size (default 14)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--save-figure", metavar="PNG", help="save a picture of the cut and the views")
+    p.add_argument("--route", action="store_true",
+                   help="also count the visual tokens left after the text-guided router (SliME), running a model "
+                        "in eval mode: --model DIR, else a small random one at the tower geometry")
+    p.add_argument("--prompt", help="the text the router compares the image with (with --route)")
+    p.add_argument("--gamma", type=float, help="the router's cumulative mass γ (with --route; default: the method's)")
     p.set_defaults(func=_inspect)
 
     _optional_commands(sub)
@@ -114,7 +119,7 @@ def _optional_commands(sub) -> None:
     """Subcommands whose modules register themselves with ``add_parser(subparsers)``."""
     from importlib import import_module
 
-    for module in ("hires_vlm.build", "hires_vlm.eval.cli_score", "hires_vlm.data.cli", "hires_vlm.theory.cli_group"):
+    for module in ("hires_vlm.build", "hires_vlm.eval.cli_score", "hires_vlm.eval.cli_eval", "hires_vlm.data.cli", "hires_vlm.theory.cli_group"):
         try:
             mod = import_module(module)
         except ModuleNotFoundError as exc:

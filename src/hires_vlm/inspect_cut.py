@@ -3,6 +3,11 @@
 Pure geometry (no model) unless routing is asked for: the grid, the views, and the upper bound of
 visual tokens. The tower geometry defaults to CLIP-L/14-336 (S = 336, 24×24 tokens per view); a
 saved model directory gives its own geometry and method.
+
+With ``route`` the image and a prompt go through a model in eval mode and the visual tokens that
+remain after SliME's text-guided router are counted (``visual_tokens_after_routing``): a saved
+model, or else a small random one at the requested tower geometry with narrow widths (the count
+depends on its random weights, so it illustrates; the upper bound is exact).
 """
 
 from __future__ import annotations
@@ -84,7 +89,9 @@ def format_text(info: dict) -> str:
                                                      or info["method"] == "slime" else ""),
     ]
     if "visual_tokens_after_routing" in info:
-        lines.append(f"after routing  {info['visual_tokens_after_routing']} (γ = {info.get('router_gamma')})")
+        gamma = info.get("router_gamma")
+        lines.append(f"after routing  {info['visual_tokens_after_routing']}"
+                     + (f" (γ = {gamma})" if gamma is not None else " (this method has no router)"))
     return "\n".join(lines)
 
 
@@ -137,9 +144,45 @@ def save_figure(image, rec: CutRecord, spec: ImagingSpec, info: dict, path: str)
     os.replace(tmp, path)
 
 
+DEFAULT_ROUTE_PROMPT = "Describe the image in detail."
+
+
+def routing_model(cfg: MethodConfig, geo: Geometry, model_dir: str | None = None, seed: int = 0):
+    """(model in eval mode, processor): the saved one, or a small random one at ``geo``."""
+    if model_dir:
+        from .model import HiResVLM, HiResVLMProcessor
+
+        return HiResVLM.from_pretrained(model_dir).eval(), HiResVLMProcessor.from_pretrained(model_dir)
+    from .tiny import build_tiny
+
+    if getattr(cfg, "separator_token_id", None) is not None:
+        cfg = cfg.replace(separator_token_id=None)  # the random model's tokenizer has its own ','
+    model, proc = build_tiny(cfg, seed=seed, tile_size=geo.tile_size, patch_size=geo.patch_size, vision_hidden=32,
+                             vision_layers=1, text_hidden=32, text_layers=1, vocab_size=300, max_length=1 << 16)
+    return model.eval(), proc
+
+
+def routed_visual_tokens(image, model, processor, prompt: str = DEFAULT_ROUTE_PROMPT,
+                         gamma: float | None = None) -> tuple[int, dict]:
+    """Visual tokens the model gives ``image`` with ``prompt`` (eval mode: deterministic routing)."""
+    import torch
+
+    if gamma is not None:
+        if "gamma" not in getattr(model.connector.cfg, "runtime_fields", ()):
+            raise ValueError(f"method {model.connector.cfg.name!r} has no router, so --gamma does not apply")
+        model.set_method_runtime(gamma=float(gamma))
+        processor = type(processor)(processor.tokenizer, model.config)
+    inputs = processor([prompt], [image])
+    with torch.no_grad():
+        merged = model.merge_inputs(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
+                                    inputs["image_sizes"])
+    return int(merged.visual_tokens[0]), merged.visual_aux
+
+
 def run_inspect(image_path: str, method: str | None = None, config_file: str | None = None,
                 model_dir: str | None = None, tile_size: int | None = None, patch_size: int | None = None,
-                as_json: bool = False, figure: str | None = None) -> tuple[str, dict]:
+                as_json: bool = False, figure: str | None = None, route: bool = False,
+                prompt: str | None = None, gamma: float | None = None) -> tuple[str, dict]:
     from .imaging import load_image
 
     image = load_image(image_path)
@@ -158,6 +201,19 @@ def run_inspect(image_path: str, method: str | None = None, config_file: str | N
     if patch_size:
         geo.patch_size = patch_size
     info, rec, spec = describe(image.size, cfg, geo)
+    if (prompt is not None or gamma is not None) and not route:
+        raise ValueError("--prompt and --gamma only apply with --route")
+    if route and model_dir and (method or config_file):
+        raise ValueError("with --model, --route runs the saved model's own method; drop --method/--config")
+    if route:
+        model, proc = routing_model(cfg, geo, model_dir)
+        count, _ = routed_visual_tokens(image, model, proc, prompt or DEFAULT_ROUTE_PROMPT, gamma)
+        mcfg = model.connector.cfg
+        info["visual_tokens_after_routing"] = count
+        info["router_gamma"] = getattr(mcfg, "gamma", None)
+        info["route_prompt"] = prompt or DEFAULT_ROUTE_PROMPT
+        info["route_model"] = model_dir or (f"random (S={geo.tile_size}, patch {geo.patch_size}, narrow widths, "
+                                            "seed 0)")
     if figure:
         save_figure(image, rec, spec, info, figure)
         info["figure"] = figure

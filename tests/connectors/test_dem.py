@@ -71,26 +71,34 @@ def test_heads_must_divide_the_width_and_change_the_result():
     assert not torch.allclose(one(q, c), two(q, c))
 
 
+def identity_attention(attn):
+    with torch.no_grad():
+        for lin in (attn.q_proj, attn.k_proj, attn.v_proj):
+            lin.weight.copy_(torch.eye(attn.dim))
+
+
 @pytest.mark.parametrize("cols,rows", GRIDS)
 @pytest.mark.parametrize("gq,lq", list(itertools.product(KINDS, KINDS)))
-def test_each_window_sees_exactly_the_specified_tokens(cols, rows, gq, lq):
-    """Record what every attention call gets: window k of the query map and window k of the other
-    map, both of the configured kind — for both directions, shared or not."""
+def test_each_window_sees_exactly_the_specified_tokens(cols, rows, gq, lq, monkeypatch):
+    """Record what every attention kernel call gets (identity projections, so the tokens still carry
+    their coordinates): window k of the query map and window k of the other map, both of the
+    configured kind, as one batch — for both directions."""
     g, b = 3, 2
     dem = DualPerspectiveEnhancement(4, 1, shared=False, global_query_windows=gq, local_query_windows=lq)
-    calls = {}
+    identity_attention(dem.global_attention)
+    identity_attention(dem.local_attention)
+    calls = []
+    real = F.scaled_dot_product_attention
 
-    def recorder(name):
-        def hook(module, args, output):
-            calls[name] = (args[0].detach(), args[1].detach())
-        return hook
+    def spy(q, k, v, *a, **kw):
+        calls.append((q[:, 0].detach(), k[:, 0].detach()))  # one head: [b·n x g² x 4]
+        return real(q, k, v, *a, **kw)
 
-    dem.global_attention.register_forward_hook(recorder("global"))
-    dem.local_attention.register_forward_hook(recorder("local"))
+    monkeypatch.setattr(dem_module.F, "scaled_dot_product_attention", spy)
     local_map, global_map = tagged_map(b, rows, cols, g, 0.0), tagged_map(b, rows, cols, g, 1.0)
     dem(local_map, global_map, cols, rows)
-    for name, kind, q_tag, c_tag in (("global", gq, 1.0, 0.0), ("local", lq, 0.0, 1.0)):
-        q, c = calls[name]
+    assert len(calls) == 2  # global-as-query first, then local-as-query
+    for (q, c), kind, q_tag, c_tag in zip(calls, (gq, lq), (1.0, 0.0), (0.0, 1.0)):
         n = cols * rows
         assert q.shape == (b * n, g * g, 4) and c.shape == (b * n, g * g, 4)  # windows are the batch
         for img in range(b):
@@ -101,6 +109,22 @@ def test_each_window_sees_exactly_the_specified_tokens(cols, rows, gq, lq):
                     for toks, tag in ((q[k], q_tag), (c[k], c_tag)):
                         assert (toks[:, 0] == tag).all() and (toks[:, 1] == img).all()
                         assert {(int(y), int(x)) for y, x in toks[:, 2:].tolist()} == want
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("block,heads,bias", [("plain", 1, False), ("residual_post_ln", 4, True)])
+def test_windowed_forward_equals_attention_over_cut_windows(kind, block, heads, bias):
+    """Projecting on the maps and cutting Q, K, V is the same as cutting the maps and attending."""
+    from hires_vlm.connectors import cut_map, merge_windows
+
+    torch.manual_seed(0)
+    attn = WindowCrossAttention(8, heads, bias=bias, block=block)
+    cols, rows, g = 3, 2, 4
+    qm, cm = torch.randn(2, rows * g, cols * g, 8), torch.randn(2, rows * g, cols * g, 8)
+    qw, cw = cut_map(qm, cols, rows, kind), cut_map(cm, cols, rows, kind)
+    ref = attn(qw.reshape(-1, g * g, 8), cw.reshape(-1, g * g, 8))
+    ref = merge_windows(ref.reshape(2, cols * rows, g, g, 8), cols, rows, kind)
+    assert torch.allclose(attn.forward_windowed(qm, cm, cols, rows, kind), ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("cols,rows", [(3, 3), (3, 2), (2, 4)])

@@ -38,6 +38,22 @@ def test_map_windows_round_trip_is_identity(grid, g, b, d, kind):
 
 
 @settings(max_examples=60, deadline=None)
+@given(grid=grids, g=st.integers(1, 5), b=st.integers(1, 3), d=st.integers(1, 3), kind=st.sampled_from(KINDS))
+def test_token_windows_follow_the_pixel_functions_of_imaging(grid, g, b, d, kind):
+    """cut_map / merge_windows (channels last, batched) give exactly imaging.ops' cut / merge of
+    each channel plane: one convention for pixels and tokens."""
+    cols, rows = grid
+    fmap = torch.randn(b, rows * g, cols * g, d)
+    windows = cut_map(fmap, cols, rows, kind)
+    merge = {"contiguous": ops.merge_tiles, "strided": ops.merge_strided}[kind]
+    for img in range(b):
+        ref = PIXEL_CUT[kind](fmap[img].permute(2, 0, 1), cols, rows, g)  # [n x d x g x g]
+        assert torch.equal(windows[img], ref.permute(0, 2, 3, 1))
+        back = merge(windows[img].permute(0, 3, 1, 2), cols, rows)  # [d x H x W]
+        assert torch.equal(back.permute(1, 2, 0), fmap[img])
+
+
+@settings(max_examples=60, deadline=None)
 @given(grid=grids, s=st.integers(1, 6), kind=st.sampled_from(KINDS))
 def test_pixel_cut_then_feature_reassembly_is_identity(grid, s, kind):
     """A patch-1 'tower' (token = pixel): cutting the canvas into tiles (imaging) and putting the

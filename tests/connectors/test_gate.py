@@ -85,6 +85,7 @@ def test_no_noise_rule_is_deterministic_in_training():
 
 
 def test_noise_moves_the_zero_init_gate_in_training():
+    torch.manual_seed(0)
     gate = NoisyGate(8, 2, "official").train()
     w = gate(torch.randn(64, 8))
     assert w.std() > 0.05 and torch.allclose(w.sum(-1), torch.ones(64))

@@ -56,17 +56,43 @@ class WindowCrossAttention(nn.Module):
             self.out_proj = nn.Linear(dim, dim, bias=bias)
             self.norm = nn.LayerNorm(dim)
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        bsz, length, dim = query.shape
-        h, dh = self.heads, dim // self.heads
-        q = self.q_proj(query).view(bsz, length, h, dh).transpose(1, 2)
-        k = self.k_proj(context).view(bsz, context.shape[1], h, dh).transpose(1, 2)
-        v = self.v_proj(context).view(bsz, context.shape[1], h, dh).transpose(1, 2)
-        x = F.scaled_dot_product_attention(q, k, v)  # [B x h x L x dh], scale 1/√dh
-        x = x.transpose(1, 2).reshape(bsz, length, dim)
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B x L x d]`` → ``[B x h x L x d_head]`` (a view)."""
+        return x.unflatten(-1, (self.heads, self.dim // self.heads)).transpose(1, 2)
+
+    def _finish(self, x: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         if self.block == "residual_post_ln":
             x = self.norm(self.out_proj(x) + query)
         return x
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        q = self._heads(self.q_proj(query))
+        k, v = self._heads(self.k_proj(context)), self._heads(self.v_proj(context))
+        x = F.scaled_dot_product_attention(q, k, v)  # [B x h x L x d_head], scale 1/√d_head
+        return self._finish(x.transpose(1, 2).flatten(2), query)
+
+    def forward_windowed(self, query_map: torch.Tensor, context_map: torch.Tensor, cols: int, rows: int,
+                         kind: str) -> torch.Tensor:
+        """Window k of ``query_map`` attends to window k of ``context_map`` only (maps ``[b x H x W x d]``).
+
+        The same computation as cutting both maps into windows and calling :meth:`forward` on the
+        batch of windows; but the projections, the output projection, the residual and the norm
+        act token by token, so they run on the maps and only Q, K, V are cut into windows: no
+        window copies of the raw maps, which the projections would otherwise keep for backward.
+        """
+        b = query_map.shape[0]
+        g = query_map.shape[1] // rows
+        n, d = cols * rows, self.dim
+
+        def windows(x):  # [b x H x W x d] → [b·n x h x g² x d_head]
+            return self._heads(cut_map(x, cols, rows, kind).reshape(b * n, g * g, d))
+
+        q = windows(self.q_proj(query_map))
+        k = windows(self.k_proj(context_map))
+        v = windows(self.v_proj(context_map))
+        x = F.scaled_dot_product_attention(q, k, v)  # windows are the batch: (g²)² scores per window and head
+        x = merge_windows(x.transpose(1, 2).reshape(b, n, g, g, d), cols, rows, kind)
+        return self._finish(x, query_map)
 
 
 class DualPerspectiveEnhancement(nn.Module):
@@ -83,7 +109,8 @@ class DualPerspectiveEnhancement(nn.Module):
                  block: str = "plain", global_query_windows: str = "strided",
                  local_query_windows: str = "contiguous", directions: str = "both"):
         super().__init__()
-        for name, kind in (("global_query_windows", global_query_windows), ("local_query_windows", local_query_windows)):
+        for name, kind in (("global_query_windows", global_query_windows),
+                           ("local_query_windows", local_query_windows)):
             if kind not in WINDOW_KINDS:
                 raise ValueError(f"{name}={kind!r} is not valid; choose one of {list(WINDOW_KINDS)}")
         if directions not in DIRECTIONS:
@@ -107,24 +134,15 @@ class DualPerspectiveEnhancement(nn.Module):
     def _attention(self, which: str) -> WindowCrossAttention:
         return self.attention if self.shared else getattr(self, f"{which}_attention")
 
-    def attend(self, attn: WindowCrossAttention, query_map: torch.Tensor, context_map: torch.Tensor,
-               cols: int, rows: int, kind: str) -> torch.Tensor:
-        """Window k of ``query_map`` attends to window k of ``context_map`` only; windows are batched."""
-        qw = cut_map(query_map, cols, rows, kind)  # [b x n x g x g x d]
-        cw = cut_map(context_map, cols, rows, kind)
-        b, n, g, _, d = qw.shape
-        out = attn(qw.reshape(b * n, g * g, d), cw.reshape(b * n, g * g, d))
-        return merge_windows(out.reshape(b, n, g, g, d), cols, rows, kind)
-
     def forward(self, local_map: torch.Tensor, global_map: torch.Tensor, cols: int,
                 rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         if local_map.shape != global_map.shape:
             raise ValueError(f"local map {tuple(local_map.shape)} and global map {tuple(global_map.shape)} differ")
         global_out, local_out = global_map, local_map
         if self.directions in ("both", "global_query"):
-            global_out = self.attend(self._attention("global"), global_map, local_map, cols, rows,
-                                     self.global_query_windows)
+            global_out = self._attention("global").forward_windowed(global_map, local_map, cols, rows,
+                                                                    self.global_query_windows)
         if self.directions in ("both", "local_query"):
-            local_out = self.attend(self._attention("local"), local_map, global_map, cols, rows,
-                                    self.local_query_windows)
+            local_out = self._attention("local").forward_windowed(local_map, global_map, cols, rows,
+                                                                  self.local_query_windows)
         return global_out, local_out

@@ -7,8 +7,10 @@ contiguous tiles side by side, strided tiles de-interleaved — token (v, u) of 
 row v·rows + i, column u·cols + j. No positional embedding is added; the place *is* the prior.
 The enhancement module then re-cuts both maps into windows of the same two kinds.
 
-All of this is the pixel functions of ``imaging.ops`` applied to a channels-first view of the
-map, so the pixel convention and the token convention cannot drift apart.
+The index arithmetic is that of ``imaging.ops.cut_tiles`` / ``cut_strided`` / ``merge_*``, written
+here for channels-last maps with a leading batch (one reshape-permute, at most one copy, instead of
+going through a channels-first copy); ``tests/connectors/test_dual.py`` checks that both give the
+same result, so the pixel convention and the token convention cannot drift apart.
 
 Legend: b images, n = cols·rows tiles (windows), g tokens per tile side, d channels.
 Maps ``[b x rows·g x cols·g x d]`` (channels last); windows ``[b x n x g x g x d]``, row-major
@@ -21,18 +23,13 @@ from typing import Literal
 
 import torch
 
-from ..imaging import ops
-
 WindowKind = Literal["contiguous", "strided"]
 WINDOW_KINDS: tuple[str, ...] = ("contiguous", "strided")
 
 
-def _cutter(kind: str):
-    if kind == "contiguous":
-        return ops.cut_tiles, ops.merge_tiles
-    if kind == "strided":
-        return ops.cut_strided, ops.merge_strided
-    raise ValueError(f"window kind {kind!r} is not supported; choose one of {list(WINDOW_KINDS)}")
+def _check_kind(kind: str) -> None:
+    if kind not in WINDOW_KINDS:
+        raise ValueError(f"window kind {kind!r} is not supported; choose one of {list(WINDOW_KINDS)}")
 
 
 def _window_side(height: int, width: int, cols: int, rows: int) -> int:
@@ -46,25 +43,31 @@ def cut_map(fmap: torch.Tensor, cols: int, rows: int, kind: str) -> torch.Tensor
 
     Contiguous window (i, j) holds rows i·g…(i+1)·g−1 and columns j·g…(j+1)·g−1; strided window
     (i, j) holds rows ≡ i (mod rows) and columns ≡ j (mod cols), element (v, u) = map[v·rows + i,
-    u·cols + j].
+    u·cols + j]. Returns a view where possible (the caller's reshape makes the one copy).
     """
-    cut, _ = _cutter(kind)
+    _check_kind(kind)
     b, h, w, d = fmap.shape
     g = _window_side(h, w, cols, rows)
-    channels_first = fmap.permute(0, 3, 1, 2).reshape(b * d, h, w)
-    windows = cut(channels_first, cols, rows, g)  # [n x b·d x g x g]
-    return windows.reshape(cols * rows, b, d, g, g).permute(1, 0, 3, 4, 2)
+    if kind == "contiguous":  # row = i·g + v, column = j·g + u
+        x = fmap.reshape(b, rows, g, cols, g, d).permute(0, 1, 3, 2, 4, 5)
+    else:  # row = v·rows + i, column = u·cols + j
+        x = fmap.reshape(b, g, rows, g, cols, d).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, rows * cols, g, g, d)
 
 
 def merge_windows(windows: torch.Tensor, cols: int, rows: int, kind: str) -> torch.Tensor:
     """Inverse of :func:`cut_map`: ``[b x n x g x g x d]`` → ``[b x rows·g x cols·g x d]``."""
-    _, merge = _cutter(kind)
+    _check_kind(kind)
     b, n, gh, gw, d = windows.shape
     if n != cols * rows or gh != gw:
         raise ValueError(f"{n} windows of {gh}x{gw} tokens cannot form a {cols}x{rows} grid of square windows")
-    channels_first = windows.permute(1, 0, 4, 2, 3).reshape(n, b * d, gh, gw)
-    fmap = merge(channels_first, cols, rows)  # [b·d x rows·g x cols·g]
-    return fmap.reshape(b, d, rows * gh, cols * gw).permute(0, 2, 3, 1)
+    g = gh
+    x = windows.reshape(b, rows, cols, g, g, d)  # [b, i, j, v, u, d]
+    if kind == "contiguous":
+        x = x.permute(0, 1, 3, 2, 4, 5)  # [b, i, v, j, u, d]
+    else:
+        x = x.permute(0, 3, 1, 4, 2, 5)  # [b, v, i, u, j, d]
+    return x.reshape(b, rows * g, cols * g, d)
 
 
 def assemble_map(tokens: torch.Tensor, cols: int, rows: int, kind: str) -> torch.Tensor:

@@ -140,11 +140,16 @@ def resize_and_pad(img: Image.Image, canvas: Sequence[int], fill: tuple[int, int
 
 
 def normalize(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 RGB image → float tensor ``[c x H x W]``, ``(x/255 − mean)/std``."""
-    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # [H x W x c]
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32)
-    shift = torch.tensor([m / s for m, s in zip(mean, std)], dtype=torch.float32)
-    return (arr.to(torch.float32) * scale - shift).permute(2, 0, 1).contiguous()
+    """uint8 RGB image → float tensor ``[c x H x W]``, ``(x/255 − mean)/std``.
+
+    Done in NumPy: for one image it is as fast as torch and starts no intra-op thread pool, which
+    matters in data-loader workers on small machines.
+    """
+    arr = np.asarray(img, dtype=np.float32)  # [H x W x c]
+    scale = np.array([1.0 / (255.0 * s) for s in std], dtype=np.float32)
+    shift = np.array([m / s for m, s in zip(mean, std)], dtype=np.float32)
+    arr = arr * scale - shift
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 def cut_tiles(canvas: torch.Tensor, cols: int, rows: int, tile_size: int) -> torch.Tensor:

@@ -226,5 +226,26 @@ class InfLlavaMethod(VisualMethod):
         return MethodOutput(out)  # type: ignore[arg-type]
 
 
+def official_key_map(prefix: str = "connector.") -> dict[str, str]:
+    """Official INF-LLaVA checkpoint keys → this package's parameter names (preset ``inf_llava``).
+
+    ``spatial_embed.attention.linears.0..3`` are W_q, W_k, W_v, W_o and ``attention.ln`` the post-LN;
+    ``ffn_crop`` runs on the local-query output (our ``fusion.local_mlp``), ``ffn_stride`` on the
+    global-query output (``fusion.global_mlp``), ``ln_fuse`` is ``fusion.norm``; ``mm_projector`` is
+    the projector. The vision tower and the LM keep their own checkpoints' names.
+    """
+    out: dict[str, str] = {}
+    for p in ("weight", "bias"):
+        for i, name in enumerate(("q_proj", "k_proj", "v_proj", "out_proj")):
+            out[f"model.spatial_embed.attention.linears.{i}.{p}"] = f"{prefix}dem.attention.{name}.{p}"
+        out[f"model.spatial_embed.attention.ln.{p}"] = f"{prefix}dem.attention.norm.{p}"
+        out[f"model.spatial_embed.ln_fuse.{p}"] = f"{prefix}fusion.norm.{p}"
+        for k in (0, 2):
+            out[f"model.spatial_embed.ffn_crop.{k}.{p}"] = f"{prefix}fusion.local_mlp.{k}.{p}"
+            out[f"model.spatial_embed.ffn_stride.{k}.{p}"] = f"{prefix}fusion.global_mlp.{k}.{p}"
+            out[f"model.mm_projector.{k}.{p}"] = f"{prefix}projector.{k}.{p}"
+    return out
+
+
 register_preset("inf_llava", InfLlavaConfig)
 register_preset("inf_llava-paper", inf_llava_paper)

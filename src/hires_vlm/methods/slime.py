@@ -188,6 +188,8 @@ class SlimeMethod(VisualMethod):
         cfg: SlimeConfig = self.cfg
         per_image = self.split(features, records)
         n = len(records)
+        if n == 0:
+            return MethodOutput([], {})
         aux: dict = {}
         global_tokens: list[torch.Tensor | None] = [None] * n
         local_maps: list[torch.Tensor | None] = [None] * n
@@ -197,7 +199,7 @@ class SlimeMethod(VisualMethod):
             if any(len(i) != 1 for i in gi):
                 raise ValueError("slime needs exactly one global view per image; cut the images with this "
                                  "method's imaging spec")
-            feats = torch.stack([p[i[0]] for p, i in zip(per_image, gi)]) if n else features[:0]
+            feats = torch.stack([p[i[0]] for p, i in zip(per_image, gi)])
             toks, weights = self.mixture(feats, self.projector, cfg.gate_mode)
             global_tokens = list(toks.unbind(0))
             aux["gate_weights"] = [w.detach() for w in weights.unbind(0)]
@@ -205,7 +207,7 @@ class SlimeMethod(VisualMethod):
         if cfg.branches != "global":
             ti = [rec.index("tile") for rec in records]
             tiles = [p[i] for p, i in zip(per_image, ti)]
-            all_tiles = torch.cat(tiles, 0) if tiles else features[:0]
+            all_tiles = torch.cat(tiles, 0)
             compressed = self.compress_tiles(all_tiles) if all_tiles.shape[0] else None
             q = square_side(cfg.local_queries, "local_queries")
             start = 0
@@ -238,17 +240,14 @@ class SlimeMethod(VisualMethod):
             aux["router_keep"] = keep
             aux["router_probs"] = probs
 
+        if cfg.branches == "global":
+            return MethodOutput(global_tokens, aux)
+        if cfg.branches == "local":
+            return MethodOutput(local_maps, aux)
+        sep = self.separator_embedding(text, global_tokens[0])
         out = []
-        for k in range(n):
-            if cfg.branches == "global":
-                out.append(global_tokens[k])
-            elif cfg.branches == "local":
-                out.append(local_maps[k])
-            else:
-                g = global_tokens[k]
-                sep = self.separator_embedding(text, g)
-                parts = [g] + ([sep] if sep is not None else []) + [local_maps[k].to(g.dtype)]
-                out.append(torch.cat(parts, 0))
+        for g, loc in zip(global_tokens, local_maps):
+            out.append(torch.cat([g] + ([sep] if sep is not None else []) + [loc.to(g.dtype)], 0))
         return MethodOutput(out, aux)
 
 
@@ -258,8 +257,11 @@ def slime_paper_config() -> SlimeConfig:
                        router_cutoff="reach", router_text="prompt", separator="learned")
 
 
-register_preset("slime", lambda: SlimeConfig(router_text="all"))
+# Router text: the user's prompt (DESIGN's default) in both presets. The official code also feeds the
+# answer tokens during training — a leak its author acknowledged; ``router_text: all`` reproduces it.
+# At inference there is no answer, so the two agree and released checkpoints behave the same.
+register_preset("slime", lambda: SlimeConfig())
 register_preset("slime-paper", slime_paper_config)
 # The official code until Nov 2024 (when the released checkpoints were trained, presumably): an extra
 # softmax(T = 0.5) before the router noise, which makes γ = 0.95 keep about 95 % of the tokens.
-register_preset("slime-release", lambda: SlimeConfig(router_text="all", router_pre_softmax=0.5))
+register_preset("slime-release", lambda: SlimeConfig(router_pre_softmax=0.5))

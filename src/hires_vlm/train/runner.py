@@ -241,6 +241,18 @@ def load_stage_model(cfg: TrainConfig, stage_index: int, train_file: str):
     return build_tiny(m.method, seed=cfg.seed, corpus=corpus_from_records(train_file), **kwargs)
 
 
+def base_template(cfg: TrainConfig) -> str:
+    """The template of a stage that names none: the run's ``model.template``, else the starting model's
+    own (a stage's saved template, e.g. ``plain`` after pretraining, must not leak into the next stage)."""
+    if cfg.model.template:
+        return cfg.model.template
+    if cfg.model.source == "pretrained":
+        from ..model import HiResVLMConfig
+
+        return HiResVLMConfig.from_pretrained(cfg.model.path).template
+    return "chatml"
+
+
 # ---------------------------------------------------------------------- run
 @dataclass
 class StageResult:
@@ -339,9 +351,9 @@ def run_stage(cfg: TrainConfig, index: int, callbacks: list | None = None) -> St
     os.makedirs(stage_dir, exist_ok=True)
     train_file, image_folder = resolve_data(cfg, stage)
     model, processor = load_stage_model(cfg, index, train_file)
-    if stage.template:
-        model.config.template = stage.template
-        processor.config.template = stage.template
+    template = stage.template or base_template(cfg)
+    model.config.template = template
+    processor.config.template = template
     model.set_method_runtime(**stage.method_runtime)
     processor.config.method = model.config.method
     from ..model import HiResVLMProcessor

@@ -29,6 +29,7 @@ from .mmmu import load_mmmu
 from .pope import load_pope
 from .scienceqa import load_scienceqa_img
 from .seedbench import load_seedbench
+from .synthetic import load_synthetic, score_synthetic
 from .vqa import load_gqa, load_textvqa, load_vqav2
 
 
@@ -75,6 +76,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
                       "test/test_human.json + test/test_augmented.json + test/png/", "accuracy"),
         BenchmarkSpec("mathvista", load_mathvista, scorers.score_mathvista,
                       "testmini.json + images/", "accuracy"),
+        BenchmarkSpec("synthetic", load_synthetic, score_synthetic,
+                      "the folder of the embedded synthetic benchmark (test.json + images/)", "accuracy"),
     )
 }
 
@@ -114,6 +117,7 @@ __all__ = [
     "load_pope",
     "load_scienceqa_img",
     "load_seedbench",
+    "load_synthetic",
     "load_textvqa",
     "load_vqav2",
     "prediction_row",
