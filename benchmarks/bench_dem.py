@@ -9,11 +9,14 @@ Random weights; only time and memory are measured. Both variants run in the same
 the table prints their ratios.
 
 Memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated before the timed
-runs. On CPU each case runs in its own subprocess; after a warm-up on a small map the kernel's
-peak-RSS counter is reset (``/proc/self/clear_refs`` = 5, Linux) and the peak (``VmHWM``) minus
-the resident memory before the timed runs is reported — everything the process touched,
-torch's allocations included (tracemalloc would not see them). Without ``clear_refs`` the
-fallback is ``ru_maxrss`` minus the RSS before the runs (an upper bound).
+runs. On CPU each case runs in its own subprocess. "peak MiB" is the peak of torch's CPU
+allocations above the inputs during the first timed run, from ``torch.profiler``'s memory
+timeline (every tensor and kernel buffer through torch's allocator; tracemalloc would see none of
+them). "RSS MiB" is the process's view: after a warm-up on a small map the kernel's peak-RSS counter
+is reset (``/proc/self/clear_refs`` = 5, Linux) and the peak (``VmHWM``) minus the resident memory
+before the timed runs is reported (glibc's mmap threshold is fixed so freed blocks go back at
+once); without ``clear_refs``, ``ru_maxrss`` minus the RSS before (an upper bound). Ratios use
+"peak MiB".
 
 Attention kernel: ``--attention auto`` lets PyTorch choose (flash/memory-efficient kernels where
 available, which never materialise the L×L scores), ``--attention math`` forces the explicit
@@ -58,6 +61,27 @@ def _reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def _torch_cpu_peak(prof) -> int | None:
+    """Peak bytes of CPU tensors created during a profiled region, above what existed before it,
+    from the profiler's memory timeline (every allocation through torch's CPU allocator)."""
+    try:
+        from torch.profiler._memory_profiler import Action
+
+        timeline = prof._memory_profile().timeline
+    except Exception:  # private API: absent or changed in this torch
+        return None
+    cur = peak = 0
+    for _, action, (key, _version), size in timeline:
+        if key.device.type != "cpu" or action == Action.PREEXISTING:
+            continue
+        if action == Action.CREATE:
+            cur += size
+        elif action == Action.DESTROY:
+            cur -= size
+        peak = max(peak, cur)
+    return peak
 
 
 def score_bytes(n_tiles: int, variant: str, batch: int, elem: int = 4) -> int:
@@ -119,22 +143,36 @@ def run_case(size: int, variant: str, device: str, repeats: int, backward: bool,
             base_kb = _status_kb("VmRSS")
             method = ("VmHWM after clear_refs - VmRSS before (subprocess per case)" if reset
                       else "ru_maxrss - VmRSS before (subprocess per case; upper bound)")
-        times = []
-        for _ in range(repeats):
+        times, torch_peak = [], None
+        for rep in range(repeats):
+            profiler = None
+            if rep == 0 and not device.startswith("cuda"):
+                from torch.profiler import ProfilerActivity, profile
+
+                profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                                   with_stack=True)
+                profiler.__enter__()
             sync()
             t0 = time.perf_counter()
             out = step(local, glob, cols, rows)
             sync()
             times.append(time.perf_counter() - t0)
             del out
+            if profiler is not None:
+                profiler.__exit__(None, None, None)
+                torch_peak = _torch_cpu_peak(profiler)
         if device.startswith("cuda"):
             peak = torch.cuda.max_memory_allocated() - base
+            torch_peak = peak
         else:
             hwm = _status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             peak = (hwm - base_kb) * 1024
     return {"size": size, "variant": variant, "tokens": batch * side * side, "windows": batch * (n * n if
             variant == "windowed" else 1), "seconds": min(times), "median": sorted(times)[len(times) // 2],
-            "peak_bytes": peak, "memory_method": method, "repeats": repeats}
+            "peak_bytes": torch_peak if torch_peak is not None else peak, "rss_bytes": peak, "memory_method":
+            method if torch_peak is None or device.startswith("cuda") else
+            "torch CPU allocations above the inputs (profiler memory timeline, first timed run); "
+            "RSS column: " + method, "repeats": repeats}
 
 
 class _null:
@@ -152,7 +190,9 @@ def _subprocess_case(args, size, variant, repeats) -> dict:
         cmd.append("--backward")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # A fixed mmap threshold makes glibc hand large blocks back at once, so the RSS column follows live memory.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"size": size, "variant": variant, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -221,7 +261,7 @@ def main(argv=None) -> int:
     print(f"peak memory: {method}")
     print()
     head = (f"{'canvas':>7} {'tiles':>5} {'tokens/map':>10} {'variant':>9} {'windows':>7} {'time ms':>10} "
-            f"{'peak MiB':>9} {'reps':>4}")
+            f"{'peak MiB':>9} {'RSS MiB':>8} {'reps':>4}")
     print(head)
     print("-" * len(head))
     for row in results:
@@ -230,7 +270,8 @@ def main(argv=None) -> int:
             n = r["size"] // TILE
             if "seconds" in r:
                 print(f"{r['size']:>6}² {n}x{n:<3} {r['tokens']:>10} {variant:>9} {r['windows']:>7} "
-                      f"{r['seconds'] * 1e3:>10.1f} {r['peak_bytes'] / 2 ** 20:>9.1f} {r['repeats']:>4}")
+                      f"{r['seconds'] * 1e3:>10.1f} {r['peak_bytes'] / 2 ** 20:>9.1f} "
+                      f"{r['rss_bytes'] / 2 ** 20:>8.1f} {r['repeats']:>4}")
             else:
                 print(f"{r['size']:>6}² {n}x{n:<3} {'':>10} {variant:>9} {'':>7} {r.get('skipped') or r.get('error')}")
     print()

@@ -119,7 +119,7 @@ def _optional_commands(sub) -> None:
     """Subcommands whose modules register themselves with ``add_parser(subparsers)``."""
     from importlib import import_module
 
-    for module in ("hires_vlm.build", "hires_vlm.eval.cli_score", "hires_vlm.eval.cli_eval", "hires_vlm.data.cli", "hires_vlm.theory.cli_group"):
+    for module in ("hires_vlm.demo", "hires_vlm.build", "hires_vlm.eval.cli_score", "hires_vlm.eval.cli_eval", "hires_vlm.data.cli", "hires_vlm.theory.cli_group"):
         try:
             mod = import_module(module)
         except ModuleNotFoundError as exc:

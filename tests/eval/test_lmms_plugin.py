@@ -57,6 +57,10 @@ def _visual(doc):
     return [doc["image"]]
 
 
+def _image(lm, doc_id):
+    return lm.task_dict["t"]["test"][doc_id]["image"]
+
+
 def _instance(request_type, args):
     return Instance(request_type, args, idx=0, metadata={"task": args[-2], "doc_id": args[-3], "repeats": 1})
 
@@ -101,27 +105,22 @@ def test_loglikelihood_matches_an_independent_computation(lm):
     pairs = lm.loglikelihood_pairs(requests)  # one right-padded batch of three
     for req, (value, greedy) in zip(requests, pairs):
         context, continuation, _, doc_id, _, _ = req.args
-        ref_value, ref_greedy = _reference_loglikelihood(lm, context, continuation.lstrip(),
-                                                         lm.task_dict["t"]["test"][doc_id]["image"])
+        ref_value, ref_greedy = _reference_loglikelihood(lm, context, continuation.lstrip(), _image(lm, doc_id))
         assert value == pytest.approx(ref_value, abs=1e-3) and value < 0
         assert greedy == ref_greedy
     # The model's own greedy tokens are greedy.
     tok = lm.processor.tokenizer
-    enc = encode_request(lm.processor, "Colour?", [enc_image(lm, 2)])
+    enc = encode_request(lm.processor, "Colour?", [_image(lm, 2)])
     greedy_ids = lm.model.generate(**collate_for_generation(lm.processor, [enc]), max_new_tokens=3,
                                    do_sample=False)[0].tolist()
     answer = tok.decode(greedy_ids)
     assert tok(answer, add_special_tokens=False)["input_ids"] == greedy_ids  # precondition: a clean round trip
     value, greedy = lm.loglikelihood_pairs([_ll_request("Colour?", answer, 2)])[0]
-    assert greedy is True
-    assert (value, greedy) == pytest.approx(_reference_loglikelihood(lm, "Colour?", answer, enc_image(lm, 2)), abs=1e-3)
+    ref_value, ref_greedy = _reference_loglikelihood(lm, "Colour?", answer, _image(lm, 2))
+    assert greedy is True and ref_greedy is True and value == pytest.approx(ref_value, abs=1e-3)
     lm_nll = HiResVLMLmms.__new__(HiResVLMLmms)
     lm_nll.__dict__.update(lm.__dict__, loglikelihood_mode="nll")
     assert [p[0] for p in _unwrap(lm_nll.loglikelihood(requests))] == pytest.approx([-v for v, _ in pairs])
-
-
-def enc_image(lm, doc_id):
-    return lm.task_dict["t"]["test"][doc_id]["image"]
 
 
 def _unwrap(results):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import doctest
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -205,6 +204,19 @@ def test_resume_refuses_answers_of_another_run(tiny, tmp_path):
     report = evaluate(tiny, "pope", FIX / "pope", tmp_path, limit=2, max_new_tokens=3, overwrite=True, progress=False)
     assert report["counts"]["n_generated"] == 2
     assert json.loads((tmp_path / RUN_FILE).read_text())["max_new_tokens"] == 3
+
+
+def test_multi_image_questions_get_one_placeholder_per_image(tiny):
+    model, processor = tiny
+    images = [Image.new("RGB", (40, 30)), Image.new("RGB", (90, 20))]
+    enc = runner.encode_request(processor, "Compare <image 1> and <image 2>.", images)
+    assert enc.input_ids.count(model.config.image_token_id) == 2
+    assert enc.image_sizes == [(40, 30), (90, 20)]
+    records = model.records_for(enc.image_sizes)
+    assert enc.pixel_values.shape[0] == sum(r.num_views for r in records)
+    batch = runner.collate_for_generation(processor, [enc, runner.encode_request(processor, "No image here.")])
+    assert batch["image_sizes"].tolist() == [[40, 30], [90, 20]]
+    assert batch["attention_mask"][1, 0] == 0 and batch["attention_mask"][:, -1].tolist() == [1, 1]  # left-padded
 
 
 def test_read_answered_cuts_a_partial_last_line(tmp_path):

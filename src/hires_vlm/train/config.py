@@ -32,7 +32,7 @@ TRAINING_KEYS = {
     "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "logging_steps", "save_steps",
     "save_total_limit", "gradient_checkpointing", "bf16", "fp16", "tf32", "dataloader_num_workers", "deepspeed",
     "fsdp", "fsdp_config", "max_grad_norm", "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "report_to",
-    "ddp_find_unused_parameters", "torch_compile", "group_by_length", "seed", "data_seed", "use_cpu",
+    "ddp_find_unused_parameters", "torch_compile", "group_by_length", "seed", "data_seed", "use_cpu", "disable_tqdm",
 }
 
 

@@ -333,7 +333,7 @@ def training_arguments(cfg: TrainConfig, stage: StageSpec, stage_dir: str, lrs: 
         dataloader_pin_memory=cuda,
         ddp_backend=None if cuda else ("gloo" if world > 1 else None),
         ddp_find_unused_parameters=t.pop("ddp_find_unused_parameters", True if world > 1 else None),
-        disable_tqdm=not is_main_process(),
+        disable_tqdm=bool(t.pop("disable_tqdm", False)) or not is_main_process(),
         **t,
     )
     return args
