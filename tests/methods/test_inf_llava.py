@@ -104,7 +104,7 @@ def test_grid_rule_fixed_and_floor(size):
     assert rec.grid == (min(max(size[0] // S, 1), 4), min(max(size[1] // S, 1), 2))
 
 
-@pytest.mark.parametrize("canvas", ["pad_square", "stretch", "fit"])
+@pytest.mark.parametrize("canvas", ["pad_square", "stretch", "fit", "center_crop"])
 def test_canvas_reaches_the_processor(canvas):
     img = Image.new("RGB", (90, 30), (250, 0, 0))
     spec = spec_of(cfg(canvas=canvas))
@@ -112,7 +112,33 @@ def test_canvas_reaches_the_processor(canvas):
     views, rec = HiResImageProcessor(spec).preprocess_one(img)
     top_left = views[0, :, 0, 0]  # first contiguous tile's corner: padding unless stretched
     red = (250 / 255 - CLIP_MEAN[0]) / CLIP_STD[0]
-    assert (abs(top_left[0].item() - red) < 0.05) == (canvas == "stretch")
+    assert (abs(top_left[0].item() - red) < 0.05) == (canvas in ("stretch", "center_crop"))
+
+
+@pytest.mark.parametrize("size", [(100, 60), (50, 130), (77, 77), (300, 41)])
+def test_center_crop_canvas_is_the_clip_processors_resize_and_crop(size):
+    """Official pre-training: CLIP's processor scaled to 3·S (shortest edge, then centre crop)."""
+    import transformers
+
+    from hires_vlm.imaging import ops
+
+    clip = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    ref = clip(size={"shortest_edge": 3 * S}, crop_size={"height": 3 * S, "width": 3 * S},
+               image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    img = noise_image(size, seed=size[0])
+    want = ref(img, return_tensors="pt")["pixel_values"][0]
+    views, rec = HiResImageProcessor(spec_of(cfg(canvas="center_crop"))).preprocess_one(img)
+    got = ops.merge_tiles(views[rec.index("tile")], 3, 3)
+    assert rec.content_box == (0, 0, 3 * S, 3 * S)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_canvas_is_the_only_run_time_field():
+    m = build_method(cfg(), DIMS)
+    m.set_runtime(canvas="center_crop")
+    assert m.cfg.canvas == "center_crop" and spec_of(m.cfg).canvas.value == "center_crop"
+    with pytest.raises(ValueError, match="cannot change at run time"):
+        m.set_runtime(heads=1)
 
 
 @pytest.mark.parametrize("cropping,kinds", [("dual", ("tile", "strided", "lowres")), ("local", ("tile", "lowres")),

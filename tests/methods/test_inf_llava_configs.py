@@ -60,6 +60,10 @@ def test_ablation_files_change_only_their_row(name, diff):
     assert {k: v for k, v in got.items() if paper[k] != v} == diff
 
 
-def test_official_recipe_uses_the_official_preset():
-    method = resolve_method_config(load_config(CONFIG_DIR / "inf_llava.yaml").model.method)
-    assert method == resolve_method_config("inf_llava")
+def test_official_recipe_uses_the_official_preset_and_its_stage_canvases():
+    cfg = load_config(CONFIG_DIR / "inf_llava.yaml")
+    assert resolve_method_config(cfg.model.method) == resolve_method_config("inf_llava")
+    assert [s.method_runtime for s in cfg.stages] == [{"canvas": "center_crop"}, {"canvas": "pad_square"}]
+    for path in FILES:  # the paper's recipes never switch the canvas
+        if path.name != "inf_llava.yaml":
+            assert all(not s.method_runtime for s in load_config(path).stages), path.name

@@ -30,9 +30,13 @@ def test_cli_trains_both_stages_and_generates(tiny_data, tmp_path, capsys):
     stage1 = json.loads((out / "pretrain" / "final" / "training_stage.json").read_text())
     stage2 = json.loads((out / "finetune" / "final" / "training_stage.json").read_text())
     assert stage1["template"] == "plain" and stage2["template"] == "llama3"
+    assert stage1["method_runtime"] == {"canvas": "center_crop"}
+    assert stage2["method_runtime"] == {"canvas": "pad_square"}
+    method1 = json.loads((out / "pretrain" / "final" / "config.json").read_text())["method"]
+    assert method1["canvas"] == "center_crop"
     assert stage2["trainable"] == {"connector": 2e-5, "language_model": 2e-5}
     method = json.loads((out / "finetune" / "final" / "config.json").read_text())["method"]
-    assert method["name"] == "inf_llava" and method["grid_rule"] == "fixed"
+    assert method["name"] == "inf_llava" and method["grid_rule"] == "fixed" and method["canvas"] == "pad_square"
     capsys.readouterr()
     image = os.path.join(os.path.dirname(tiny_data), "img", "0.png")
     rc = main(["generate", "--model", str(out / "finetune" / "final"), "--image", image,

@@ -37,6 +37,7 @@ class Canvas(str, enum.Enum):
     FIT = "fit"  # resize keeping aspect to fit the grid canvas, centre-pad black (LLaVA-NeXT)
     PAD_SQUARE = "pad_square"  # pad to square with the mean colour, then resize to the canvas (INF official)
     STRETCH = "stretch"  # resize to the canvas exactly (aspect changes slightly; INF paper)
+    CENTER_CROP = "center_crop"  # cover the canvas keeping aspect, crop the centre (CLIP processor; INF stage 1)
 
 
 class GlobalView(str, enum.Enum):
@@ -153,7 +154,7 @@ class ImagingSpec:
             sx, sy = canvas[0] / side, canvas[1] / side
             left, top = (side - w) // 2, (side - h) // 2
             box = (round(left * sx), round(top * sy), round((left + w) * sx), round((top + h) * sy))
-        else:
+        else:  # stretch, center_crop: the canvas is all image
             box = (0, 0, canvas[0], canvas[1])
         kinds: list[str] = []
         if self.global_view is not GlobalView.NONE:
@@ -209,6 +210,23 @@ class ImageBatch:
         return [r.num_views for r in self.records]
 
 
+def _cover_and_crop(img: Image.Image, canvas: Sequence[int]) -> Image.Image:
+    """Resize keeping the aspect so the image covers ``canvas`` (w, h), then crop its centre.
+
+    On a square canvas this is the CLIP processor: shortest edge → side, longest →
+    ``int(side·long/short)``, crop offsets ``(size − side) // 2``.
+    """
+    w, h = img.size
+    cw, ch = int(canvas[0]), int(canvas[1])
+    if cw * h >= ch * w:  # width is the binding side
+        size = (cw, max(ch, int(cw * h / w)))
+    else:
+        size = (max(cw, int(ch * w / h)), ch)
+    scaled = ops.resize(img, size)
+    left, top = (size[0] - cw) // 2, (size[1] - ch) // 2
+    return scaled.crop((left, top, left + cw, top + ch))
+
+
 class HiResImageProcessor:
     """Cuts images into views following an :class:`ImagingSpec`. Works on any tile size."""
 
@@ -239,6 +257,8 @@ class HiResImageProcessor:
                 canvas_img = ops.resize_and_pad(image, record.canvas_size, (0, 0, 0))
             elif spec.canvas is Canvas.PAD_SQUARE:
                 canvas_img = ops.resize(ops.expand_to_square(image, ops.mean_fill(spec.mean)), record.canvas_size)
+            elif spec.canvas is Canvas.CENTER_CROP:
+                canvas_img = _cover_and_crop(image, record.canvas_size)
             else:
                 canvas_img = ops.resize(image, record.canvas_size)
             canvas_t = ops.normalize(canvas_img, spec.mean, spec.std)

@@ -39,10 +39,13 @@ class InfLlavaConfig(MethodConfig):
     """INF-LLaVA. Defaults are the official code (preset ``inf_llava``); see ``PAPER`` for the paper.
 
     Cropping (DCM)
-      grid_rule: 'fixed' (official: always ``fixed_grid``) | 'floor' (paper: ⌊W/S⌋ × ⌊H/S⌋, capped at ``max_grid``).
+      grid_rule: 'fixed' (official: always ``fixed_grid``) | 'floor' (paper: ⌊W/S⌋ × ⌊H/S⌋, each at
+        least 1 and capped at ``max_grid``; the paper gives no cap, 3×3 keeps the official budget).
       fixed_grid, max_grid: (columns, rows).
-      canvas: how the image becomes ``nW·S × nH·S`` — 'pad_square' (official: pad to square with
-        the mean colour, resize) | 'stretch' (paper: resize to the canvas) | 'fit' (keep aspect, pad black).
+      canvas: how the image becomes ``nW·S × nH·S`` — 'pad_square' (official fine-tuning: pad to
+        square with the mean colour, resize) | 'center_crop' (official pre-training: the CLIP
+        processor's resize of the shortest edge + centre crop, borders lost) | 'stretch' (paper:
+        resize to the canvas) | 'fit' (keep aspect, pad black). A run-time field: a stage may set it.
       cropping: 'dual' (contiguous + strided tiles) | 'local' (contiguous only) | 'global'
         (strided only; Table 6). With one cropping its map plays both roles in the DEM.
     Enhancement (DEM)
@@ -69,11 +72,13 @@ class InfLlavaConfig(MethodConfig):
     """
 
     name: ClassVar[str] = "inf_llava"
+    # The official code pre-trains on resize + centre-crop and fine-tunes on pad-to-square: a stage may switch.
+    runtime_fields: ClassVar[tuple[str, ...]] = ("canvas",)
 
     grid_rule: Literal["fixed", "floor"] = "fixed"
     fixed_grid: tuple[int, int] = (3, 3)
     max_grid: tuple[int, int] = (3, 3)
-    canvas: Literal["pad_square", "stretch", "fit"] = "pad_square"
+    canvas: Literal["pad_square", "stretch", "fit", "center_crop"] = "pad_square"
     cropping: Literal["dual", "local", "global"] = "dual"
     enhancement: Literal["dem", "none"] = "dem"
     directions: Literal["both", "global_query", "local_query"] = "both"
