@@ -131,18 +131,7 @@ def _optional_commands(sub) -> None:
     from importlib import import_module
 
     for module in SUBCOMMAND_MODULES:
-        if module == "hires_vlm.importers.cli" and not _exists(module):
-            continue  # being written; see the importers package
         import_module(module).add_parser(sub)
-
-
-def _exists(module: str) -> bool:
-    from importlib.util import find_spec
-
-    try:
-        return find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,7 +74,8 @@ def llava_config(lm: LlamaForCausalLM, **mm) -> dict:
 
 def write_checkpoint(path, state: dict[str, torch.Tensor], config: dict | None, tokenizer=None,
                      kind: str = "safetensors") -> str:
-    """``kind``: safetensors | sharded (two safetensors shards + index) | bin (``pytorch_model.bin``)."""
+    """``kind``: safetensors | sharded (two safetensors shards + index) | bin (``pytorch_model.bin``) |
+    sharded_bin (two ``.bin`` shards + ``pytorch_model.bin.index.json``)."""
     os.makedirs(path, exist_ok=True)
     state = {k: v.contiguous() for k, v in state.items()}
     if kind == "safetensors":
@@ -89,6 +90,14 @@ def write_checkpoint(path, state: dict[str, torch.Tensor], config: dict | None, 
             weight_map.update({k: name for k in ks})
         with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    elif kind == "sharded_bin":
+        keys = sorted(state)
+        halves = {"pytorch_model-00001-of-00002.bin": keys[: len(keys) // 2],
+                  "pytorch_model-00002-of-00002.bin": keys[len(keys) // 2:]}
+        for name, ks in halves.items():
+            torch.save({k: state[k] for k in ks}, os.path.join(path, name))
+        with open(os.path.join(path, "pytorch_model.bin.index.json"), "w") as f:
+            json.dump({"metadata": {}, "weight_map": {k: n for n, ks in halves.items() for k in ks}}, f)
     elif kind == "bin":
         torch.save(state, os.path.join(path, "pytorch_model.bin"))
     else:

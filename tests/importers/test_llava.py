@@ -7,8 +7,6 @@ Reference: the same source tensors run through transformers' ``CLIPVisionModel``
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from PIL import Image
@@ -24,6 +22,10 @@ from importer_parts import (clip_features, llava_config, mlp2x, plain_tokenizer,
 TILE, PATCH, DV = 56, 14, 32
 PINPOINTS_WH = [[56, 112], [112, 56], [112, 112]]  # original LLaVA: (width, height)
 TOWER_PREFIX = "model.vision_tower.vision_tower.vision_model."  # transformers 4.x CLIPVisionModel keys
+
+
+class NotATensor:
+    """A pickled object of a class: what ``torch.load(weights_only=True)`` must refuse."""
 
 
 def _source(next_layout: bool, with_tower: bool, seed: int = 0):
@@ -234,7 +236,7 @@ def test_llava_refuses_other_formats_and_bad_files(llava15, llava_next, tmp_path
 
     bad = tmp_path / "bad"
     os.makedirs(bad)
-    torch.save({"model.mm_projector.0.weight": torch.zeros(2), "code": math.pi.__class__}, bad / "pytorch_model.bin")
+    torch.save({"model.mm_projector.0.weight": torch.zeros(2), "code": NotATensor()}, bad / "pytorch_model.bin")
     (bad / "config.json").write_text(json.dumps(json.load(open(os.path.join(llava15["src"], "config.json")))))
     out = tmp_path / "never"
     assert main(["import", "--format", "llava", "--src", str(bad), "--vision", llava15["vision"],
@@ -242,3 +244,8 @@ def test_llava_refuses_other_formats_and_bad_files(llava15, llava_next, tmp_path
     assert not out.exists()
     with pytest.raises(CheckpointMismatch, match="weights-only"):
         convert("llava", str(bad), vision=llava15["vision"])
+    # A plain causal LM is no LLaVA checkpoint.
+    plain = tmp_path / "plain"
+    llava15["lm"].save_pretrained(plain)
+    with pytest.raises(CheckpointMismatch, match="does not look like a llava checkpoint"):
+        convert("llava", str(plain), vision=llava15["vision"])

@@ -151,7 +151,7 @@ def official_visual(fx, feats, grid, text_emb, embed, pre_softmax):
     local = local.view(rows, cols, q, q, -1).permute(0, 2, 1, 3, 4).flatten(0, 3)
     keep = official_router(local, text_emb, pre_softmax)
     sep = embed(torch.tensor([fx["cfg"]["seperator"]]))
-    return torch.cat([glob, sep, local[keep]], 0), gates, keep
+    return torch.cat([glob, sep, local[keep]], 0), gates, keep, local
 
 
 @pytest.mark.parametrize("router,preset", [("release", "slime-release"), ("head", "slime")])
@@ -177,12 +177,14 @@ def test_slime_matches_official_computation(slime, router, preset):
     embed = ref_lm.get_input_embeddings()
     with torch.no_grad():
         text = embed(ids[ids != image_id])  # the official get_pure_text_embedding: every non-image token
-        visual, gates, keep = official_visual(slime, feats, tuple(rec.grid), text, embed, router == "release")
+        visual, gates, keep, local = official_visual(slime, feats, tuple(rec.grid), text, embed, router == "release")
+        other = official_router(local, text, router != "release")
         merged = model.merge_inputs(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
                                     inputs["image_sizes"])
         out = model(**inputs)
     n_local = rec.grid[0] * rec.grid[1] * LOCAL_Q
-    assert 0 < keep.numel() < n_local  # the router really selects
+    assert 0 < keep.numel() < n_local  # the router really selects,
+    assert not torch.equal(other, keep)  # and differently with and without the pre-Nov-2024 softmax
     assert torch.equal(merged.visual_aux["router_keep"][0], keep)
     torch.testing.assert_close(merged.visual_aux["gate_weights"][0], gates, rtol=1e-4, atol=1e-5)
     pos = int((ids == image_id).nonzero())
@@ -204,6 +206,12 @@ def test_slime_cli_writes_loadable_dir(slime, tmp_path):
     assert (out / "import_report.json").is_file()
     assert main(["import", "--format", "slime", "--src", slime["src"], "--vision", slime["vision"],
                  "--out", str(out)]) == 2  # exists: refused without --overwrite
+    assert main(["import", "--format", "slime", "--src", slime["src"], "--vision", slime["vision"],
+                 "--out", str(out), "--overwrite", "--dtype", "bfloat16", "--slime-router", "head"]) == 0
+    model = HiResVLM.from_pretrained(out)
+    assert model.config.method["router_pre_softmax"] is None
+    assert model.connector.projector[0].weight.dtype == torch.bfloat16
+    assert sorted(p.name for p in out.parent.iterdir()) == ["slime-out"]  # no temporary directories left
 
 
 def test_slime_pos_embed_checks(slime, tmp_path):

@@ -323,8 +323,8 @@ def assemble(spec: ImportSpec, dtype: str | torch.dtype | None = None) -> Import
                    allow_missing=spec.allow_missing, dtype=dtype)
     notes = list(spec.notes)
     if vocab > src_rows:
-        notes.append(f"vocabulary grown from {src_rows} to {vocab} rows for the tokens added here "
-                     f"(<image>{'' if had_image else ' added'}); new rows = mean of the trained rows")
+        notes.append(f"vocabulary grown from {src_rows} to {vocab} rows for the tokens the tokenizer gained "
+                     "(<image>, <pad>); their rows are the mean of the trained rows")
     if result.fresh:
         notes.append(f"{len(result.fresh)} connector parameter(s) not in the checkpoint were freshly initialised: "
                      + ", ".join(sorted({n.rsplit('.', 1)[0] for n in result.fresh}))[:400])
