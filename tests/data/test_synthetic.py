@@ -49,7 +49,7 @@ def test_llava_conversation_json(bench):
             with Image.open(root / r["image"]) as im:
                 w, h = im.size
                 assert im.mode == "RGB"
-            assert 168 <= min(w, h) and max(w, h) <= 336 and max(w, h) >= 224
+            assert syn.DEFAULT_SIZE_RANGE[0] <= min(w, h) and max(w, h) <= syn.DEFAULT_SIZE_RANGE[1] and max(w, h) >= 224
     meta = json.loads((root / "benchmark.json").read_text())
     assert meta["version"] == syn.VERSION and meta["params"]["seed"] == 3
     assert meta["counts"]["test"] == {f: 4 for f in syn.FAMILIES}
@@ -185,7 +185,8 @@ def test_tile_border_bars_are_split_exactly_on_a_border():
 
 def test_fine_detail_is_invisible_at_low_resolution_and_clear_at_full_resolution():
     r = syn.lowres_separability(240, n_paired=24, seed=0)
-    assert r["fullres_diff_outside_square"] == 0  # paired scenes differ only in the pattern
+    # The texture covers the whole image: paired scenes differ everywhere at full resolution.
+    assert r["fullres"]["mean_abs_diff_in_square"] > 20
     low, full = r["lowres"], r["fullres"]
     # Pixel for pixel: after the low-res path the classes differ by at most the rounding of the
     # two-pass uint8 resize, below the background noise in that same view.

@@ -24,7 +24,7 @@ SHORT = "Answer the question using a single word or phrase."
 
 EXPECTED_NAMES = {
     "textvqa", "vqav2", "gqa", "scienceqa_img", "ai2d", "seedbench", "mmmu", "pope", "mme", "mmbench",
-    "chartqa", "mathvista",
+    "chartqa", "mathvista", "synthetic",
 }
 
 
@@ -336,3 +336,19 @@ def test_eval_package_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_synthetic_benchmark_loads_and_scores(tmp_path):
+    from hires_vlm.data.synthetic import generate_benchmark
+    from hires_vlm.eval.benchmarks import load_benchmark
+
+    generate_benchmark(tmp_path, train_per_family=1, test_per_family=2, seed=0, separability_samples=20)
+    bench = load_benchmark("synthetic", tmp_path)
+    samples = list(bench)
+    assert len(samples) == 12 and "<image>" not in samples[0].prompt
+    assert samples[0].load_image().size[0] > 0
+    gold = {s.question_id: bench.annotations()[s.question_id]["conversations"][1]["value"] for s in samples}
+    perfect = bench.score(gold)
+    assert perfect["accuracy"] == 100.0 and perfect["n_missing"] == 0
+    half = bench.score({k: v for i, (k, v) in enumerate(gold.items()) if i % 2 == 0})
+    assert half["accuracy"] == 50.0 and half["n_missing"] == 6

@@ -82,12 +82,46 @@ def test_batched_left_padded_generation_equals_one_by_one(hd):
         assert torch.equal(batch[i, :n], single[0]), i
 
 
-def test_kv_cache_gives_the_same_tokens(hd):
+def test_kv_cache_matches_full_recomputation(hd):
     model, proc = hd
     inp = proc(PROMPTS, IMAGES)
-    a = model.generate(**inp, max_new_tokens=6, do_sample=False, use_cache=True)
-    b = model.generate(**inp, max_new_tokens=6, do_sample=False, use_cache=False)
-    assert torch.equal(a, b)
+    cached = model.generate(**inp, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    merged = model.merge_inputs(inp["input_ids"], inp["attention_mask"], inp["pixel_values"], inp["image_sizes"],
+                                padding_side="left")
+    emb, mask = merged.inputs_embeds, merged.attention_mask
+    steps = []
+    with torch.no_grad():
+        for _ in range(6):  # no cache: the whole sequence again at every step
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model.language_model(inputs_embeds=emb, attention_mask=mask, position_ids=pos,
+                                          use_cache=False).logits[:, -1]
+            nxt = logits.argmax(-1)
+            steps.append(nxt)
+            emb = torch.cat([emb, model.get_input_embeddings()(nxt)[:, None]], 1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+    assert torch.equal(cached, torch.stack(steps, 1))
+    with pytest.raises(ValueError, match="use_cache"):
+        model.generate(**inp, max_new_tokens=2, use_cache=False)
+
+
+def test_tower_stops_at_the_feature_layer_with_the_same_features():
+    from transformers import AutoModel, CLIPVisionConfig
+
+    from hires_vlm.vision import VisionTower
+
+    for cfg in (CLIPVisionConfig(image_size=28, patch_size=14, hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=4, num_attention_heads=2),
+                SiglipVisionConfig(image_size=28, patch_size=14, hidden_size=16, intermediate_size=32,
+                                   num_hidden_layers=4, num_attention_heads=2)):
+        tower_model = AutoModel.from_config(cfg).eval()
+        x = torch.randn(2, 3, 28, 28)
+        full = tower_model(pixel_values=x, output_hidden_states=True).hidden_states
+        layers = tower_model.encoder.layers
+        for layer in (-2, -1, 0, 1, 3):
+            ref = full[layer]
+            ref = ref[:, 1:] if ref.shape[1] == 5 else ref
+            assert torch.allclose(VisionTower(tower_model, layer)(x), ref, atol=1e-6), (cfg.model_type, layer)
+        assert tower_model.encoder.layers is layers and len(layers) == 4
 
 
 def test_save_and_load_round_trip_is_identical(hd, tmp_path):

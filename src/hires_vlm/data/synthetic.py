@@ -67,7 +67,16 @@ __all__ = [
 ]
 
 VERSION = "hires-synth-1"
-DEFAULT_SIZE_RANGE = (168, 336)  # bounds of each side, px
+DEFAULT_SIZE_RANGE = (112, 224)  # bounds of each side, px (the long side is at least 2·S = 224)
+# Pattern squares scale with the image: their side is this fraction of the short side. Their stripes
+# are 1 px, so the antialiased low-resolution view erases them at any square size (measured by
+# ``lowres_separability``); a square much smaller than a tile is a needle that tiny models trained
+# from scratch on a CPU do not learn to find within minutes (measured: chance after 1,600 steps with
+# 12–16 px squares), which would hide what high resolution buys behind what the model cannot learn.
+PATTERN_FRACTION = (0.28, 0.40)
+# fine_detail draws its 1-px texture over the whole background (fading in over this many pixels
+# at the edges): the detail is everywhere at full resolution and nowhere at low resolution.
+TEXTURE_RAMP = 8
 DEFAULT_TILE_SIZE = 112  # S of the tiny default tower
 ASPECTS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (2, 1), (1, 2))  # (width, height) ratios
 PATTERNS = ("plain", "horizontal", "vertical", "checkered")
@@ -131,14 +140,15 @@ def pattern_field(kind: str, width: int, height: int, stripe: int = 1) -> np.nda
 class _Canvas:
     """A float image being drawn, with the boxes already used (to keep objects apart)."""
 
-    def __init__(self, rng: np.random.Generator, width: int, height: int, muted: bool = False):
+    def __init__(self, rng: np.random.Generator, width: int, height: int, muted: bool = False,
+                 colour_range: tuple[float, float] = (35, 220)):
         self.w, self.h = width, height
         if muted:  # low-saturation greys, so the palette colours of global_layout stand out
             g1, g2 = rng.uniform(80, 175, 2)
             c1 = g1 + rng.uniform(-12, 12, 3)
             c2 = g2 + rng.uniform(-12, 12, 3)
         else:
-            c1, c2 = rng.uniform(35, 220, 3), rng.uniform(35, 220, 3)
+            c1, c2 = rng.uniform(*colour_range, 3), rng.uniform(*colour_range, 3)
         theta = rng.uniform(0, 2 * math.pi)
         cx, cy = math.cos(theta), math.sin(theta)
         xs = np.arange(width, dtype=np.float32) * cx
@@ -206,12 +216,12 @@ def _triangle_mask(side: int) -> np.ndarray:
     return np.abs(xx - side / 2) <= yy / 2
 
 
-def _clutter(cv: _Canvas, rng, count: int, r_range=(5.0, 13.0)) -> None:
+def _clutter(cv: _Canvas, rng, count: int, r_range=(5.0, 13.0), colour_range=(20, 235)) -> None:
     """Solid discs of random colours: distractors visible at any resolution."""
     for _ in range(count):
         r = float(rng.uniform(*r_range))
         m = _disc_mask(r)
-        colour = rng.uniform(20, 235, 3)
+        colour = rng.uniform(*colour_range, 3)
         try:
             x0, y0 = cv.place(rng, m.shape[1], m.shape[0], margin=2, gap=4)
         except RuntimeError:
@@ -230,8 +240,9 @@ def _square_colour(cv: _Canvas, rng, amp: float) -> np.ndarray:
     return np.rint(base)
 
 
-def _pattern_params(rng) -> tuple[int, float]:
-    side = int(rng.integers(12, 17))
+def _pattern_params(rng, w: int, h: int) -> tuple[int, float]:
+    lo, hi = PATTERN_FRACTION
+    side = max(12, int(round(rng.uniform(lo, hi) * min(w, h))))
     amp = float(rng.integers(_AMPLITUDE[0], _AMPLITUDE[1] + 1))
     return side, amp
 
@@ -244,17 +255,41 @@ class _Opts:
     tile_size: int = DEFAULT_TILE_SIZE
 
 
+def texture_field(kind: str, width: int, height: int, stripe: int = 1, ramp: int = TEXTURE_RAMP) -> np.ndarray:
+    """``[height x width]`` 1-px pattern over a whole image, fading in over ``ramp`` px at each edge.
+
+    The same signs as :func:`pattern_field`; the amplitude is 1 inside and follows a sin² ramp at the
+    edges (both axes), so the texture meets the padding of the low-resolution view without a hard
+    edge that an antialiasing filter would leak.
+    """
+    if kind == "plain":
+        return np.zeros((height, width), np.float32)
+    sign = pattern_field(kind, width, height, stripe)
+    sign = np.sign(sign)
+    def plateau(n: int) -> np.ndarray:
+        r = max(1, min(ramp, n // 2))
+        env = np.ones(n, np.float32)
+        up = np.sin(0.5 * np.pi * (np.arange(r) + 0.5) / r) ** 2
+        env[:r], env[n - r:] = up, up[::-1]
+        return env
+    return (sign * plateau(height)[:, None] * plateau(width)[None, :]).astype(np.float32)
+
+
 def _fine_detail(rng, w, h, qtype, answer, o: _Opts):
     # Every random draw happens before the label is used, so one seed gives one scene whatever
     # the class: lowres_separability relies on this to compare classes pixel for pixel.
-    cv = _Canvas(rng, w, h)
-    side, amp = _pattern_params(rng)
-    base = _square_colour(cv, rng, amp)
-    x0, y0 = cv.place(rng, side, side, margin=8)
-    _clutter(cv, rng, int(rng.integers(2, 6)))
+    amp = float(rng.integers(_AMPLITUDE[0], _AMPLITUDE[1] + 1))
+    # Colours leave room for the texture and the noise (±3σ) so nothing clips: clipping would break
+    # the cancellation of the 1-px pattern under the low-resolution filter.
+    room = (amp + 3 * NOISE_STD, 255 - amp - 3 * NOISE_STD)
+    cv = _Canvas(rng, w, h, colour_range=room)
     template = int(rng.integers(0, 2))
-    cv.patch(x0, y0, side, side, base, amp, answer, o.stripe)
-    return cv.finish(rng, o.noise_std), template, {}, {"box": [x0, y0, x0 + side, y0 + side]}
+    # Distractor discs first, then the texture over everything: a texture cut off at a disc's edge
+    # would leak through the low-resolution filter. The box is where the texture is at full amplitude.
+    _clutter(cv, rng, int(rng.integers(2, 6)), colour_range=room)
+    cv.px += amp * texture_field(answer, w, h, o.stripe)[..., None]
+    r = TEXTURE_RAMP
+    return cv.finish(rng, o.noise_std), template, {}, {"box": [r, r, w - r, h - r]}
 
 
 def _counting(rng, w, h, qtype, answer, o: _Opts):
@@ -282,7 +317,7 @@ _QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 
 def _quadrant(rng, w, h, qtype, answer, o: _Opts):
     cv = _Canvas(rng, w, h)
-    side, amp = _pattern_params(rng)
+    side, amp = _pattern_params(rng, w, h)
     base = _square_colour(cv, rng, amp)
     kind = STRIPED[int(rng.integers(0, len(STRIPED)))]
     mid_gap = 6  # keep every square clearly inside its quadrant
@@ -358,7 +393,9 @@ def border_lines(image_size: Sequence[int], tile_size: int = DEFAULT_TILE_SIZE,
 
 def _tile_border(rng, w, h, qtype, answer, o: _Opts):
     cv = _Canvas(rng, w, h)
-    half, amp = int(rng.integers(10, 15)), float(rng.integers(_AMPLITUDE[0], _AMPLITUDE[1] + 1))
+    lo, hi = PATTERN_FRACTION
+    half = max(10, int(round(rng.uniform(lo / 2, hi / 2) * min(w, h))))
+    amp = float(rng.integers(_AMPLITUDE[0], _AMPLITUDE[1] + 1))
     base = _square_colour(cv, rng, amp)
     lines = [ln for ln in border_lines((w, h), o.tile_size)
              if half + 6 <= ln[1] <= (w if ln[0] == "x" else h) - half - 6]
@@ -439,7 +476,8 @@ def _existence(rng, w, h, qtype, answer, o: _Opts):
         kinds[int(rng.integers(0, count))] = queried
     boxes = []
     for kind in kinds:
-        side, amp = _pattern_params(rng)
+        side, amp = _pattern_params(rng, w, h)
+        side = max(12, int(side * (0.8 if count == 2 else 0.65 if count == 3 else 1.0)))  # room for up to three
         base = _square_colour(cv, rng, amp)
         x0, y0 = cv.place(rng, side, side, margin=6, gap=8)
         cv.patch(x0, y0, side, side, base, amp, kind, o.stripe)
@@ -530,9 +568,9 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
         Family(
-            "fine_detail", "one small square filled with a 1-px pattern; which pattern",
+            "fine_detail", "a 1-px pattern (or none) over the whole background, under distractor discs; which pattern",
             {"pattern": PATTERNS},
-            {"pattern": ("What pattern fills the small square?", "Which pattern is inside the small square?")},
+            {"pattern": ("What pattern covers the background?", "Which fine pattern is drawn over the background?")},
             _fine_detail,
         ),
         Family(

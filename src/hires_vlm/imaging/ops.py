@@ -22,6 +22,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Pixels above which an image is refused. Pillow warns at ~89M and refuses at ~179M pixels; we
 # refuse clearly instead of letting a decompression bomb eat the host's memory.
 MAX_IMAGE_PIXELS = 178_956_970
+EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = frozenset(range(2, 9))  # 1 (or none) is upright; 5–8 swap width and height
 
 
 class ImageLoadError(ValueError):
@@ -61,10 +63,12 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     from its own range instead of being clipped; CMYK, YCbCr, LAB, HSV and 1-bit go through
     Pillow's converters.
     """
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block must not lose the image
-        pass
+    # exif_transpose copies the whole image even when there is nothing to turn; look first.
+    if _orientation(img) in _TRANSPOSING_ORIENTATIONS:
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception:  # a broken EXIF block must not lose the image
+            pass
     mode = img.mode
     if mode == "RGB":
         return img
@@ -84,6 +88,21 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
         canvas.alpha_composite(rgba)
         return canvas.convert("RGB")
     return img.convert("RGB")
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright, also when absent or unreadable)."""
+    try:
+        return int(img.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block must not lose the image
+        return 1
+
+
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) that :func:`to_rgb` gives this image (EXIF orientations 5–8 swap the sides),
+    without converting any pixel."""
+    w, h = img.size
+    return (h, w) if _orientation(img) in (5, 6, 7, 8) else (w, h)
 
 
 def mean_fill(mean: Sequence[float]) -> tuple[int, int, int]:
@@ -145,11 +164,49 @@ def normalize(img: Image.Image, mean: Sequence[float], std: Sequence[float]) -> 
     Done in NumPy: for one image it is as fast as torch and starts no intra-op thread pool, which
     matters in data-loader workers on small machines.
     """
-    arr = np.asarray(img, dtype=np.float32)  # [H x W x c]
-    scale = np.array([1.0 / (255.0 * s) for s in std], dtype=np.float32)
-    shift = np.array([m / s for m, s in zip(mean, std)], dtype=np.float32)
-    arr = arr * scale - shift
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    arr = np.asarray(img)  # [H x W x c] uint8
+    out = np.empty((arr.shape[2], arr.shape[0], arr.shape[1]), dtype=np.float32)
+    normalize_into(out, arr.transpose(2, 0, 1), mean, std)
+    return torch.from_numpy(out)
+
+
+def normalize_into(out: np.ndarray, pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Write ``(x/255 − mean)/std`` of uint8 ``pixels [... x c x h x w]`` (any strides) into the
+    float32 array ``out`` of the same shape; returns ``out``.
+
+    The layout change (HWC → CHW, tile cutting) is done on the uint8 pixels, a quarter of the bytes
+    of the float result, and the two float passes then run over contiguous memory. The arithmetic
+    is ``x · (1/(255·std)) − mean/std`` in float32, so every view equals the normalised canvas's.
+    """
+    if out.shape != pixels.shape or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 of shape {pixels.shape}, got {out.dtype} {out.shape}")
+    scale, shift = _norm_coefficients(mean, std)
+    np.multiply(np.ascontiguousarray(pixels), scale, out=out)
+    np.subtract(out, shift, out=out)
+    return out
+
+
+def _norm_coefficients(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel float32 ``1/(255·std)`` and ``mean/std`` shaped ``[c x 1 x 1]``."""
+    scale = np.array([1.0 / (255.0 * s) for s in std], dtype=np.float32).reshape(-1, 1, 1)
+    shift = np.array([m / s for m, s in zip(mean, std)], dtype=np.float32).reshape(-1, 1, 1)
+    return scale, shift
+
+
+def tile_pixels(canvas: np.ndarray, cols: int, rows: int, tile_size: int, strided: bool = False) -> np.ndarray:
+    """Tiles of an ``[H x W x c]`` pixel array as a view ``[rows x cols x c x S x S]`` (no copy).
+
+    Row-major like :func:`cut_tiles` (contiguous) or :func:`cut_strided` (``strided=True``: tile
+    (i, j) takes pixel (x, y) = (j + u·cols, i + v·rows)); flattening the first two axes gives the
+    same ``[rows·cols x c x S x S]`` as those functions give for the ``[c x H x W]`` canvas.
+    """
+    height, width, c = canvas.shape
+    s = tile_size
+    if height != rows * s or width != cols * s:
+        raise ValueError(f"canvas {width}x{height} is not a {cols}x{rows} grid of {s}px tiles")
+    if strided:  # y = v·rows + i, x = u·cols + j  →  [v, i, u, j, c] → [i, j, c, v, u]
+        return canvas.reshape(s, rows, s, cols, c).transpose(1, 3, 4, 0, 2)
+    return canvas.reshape(rows, s, cols, s, c).transpose(0, 2, 4, 1, 3)
 
 
 def cut_tiles(canvas: torch.Tensor, cols: int, rows: int, tile_size: int) -> torch.Tensor:

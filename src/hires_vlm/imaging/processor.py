@@ -14,6 +14,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -237,50 +238,95 @@ class HiResImageProcessor:
         return f"HiResImageProcessor({self.spec})"
 
     def preprocess_one(self, image: Image.Image) -> tuple[torch.Tensor, CutRecord]:
-        spec = self.spec
+        """One image → its views ``[v x c x S x S]`` and its cut record."""
         image = ops.to_rgb(image)
-        record = spec.record_for(image.size)
+        record = self.spec.record_for(image.size)
+        out = np.empty((record.num_views, 3, self.spec.tile_size, self.spec.tile_size), dtype=np.float32)
+        self._views_into(image, record, out)
+        return torch.from_numpy(out), record
+
+    def _canvas(self, image: Image.Image, record: CutRecord) -> Image.Image:
+        """The image made ``nW·S × nH·S`` the way the spec says (uint8, before normalisation)."""
+        spec = self.spec
+        if spec.canvas is Canvas.FIT:
+            return ops.resize_and_pad(image, record.canvas_size, (0, 0, 0))
+        if spec.canvas is Canvas.PAD_SQUARE:
+            return ops.resize(ops.expand_to_square(image, ops.mean_fill(spec.mean)), record.canvas_size)
+        if spec.canvas is Canvas.CENTER_CROP:
+            return _cover_and_crop(image, record.canvas_size)
+        return ops.resize(image, record.canvas_size)
+
+    def _views_into(self, image: Image.Image, record: CutRecord, out: np.ndarray) -> None:
+        """Write the views of one RGB image cut as ``record`` into ``out [v x c x S x S]`` (float32).
+
+        Every view is cut from uint8 pixels and normalised straight into its slot of the batch
+        (``ops.normalize_into``): no per-view tensors to concatenate, and a float canvas only when
+        the low-resolution view is interpolated from it (INF-LLaVA official), in which case the
+        tiles are copied from it. The values are those of normalising the canvas and cutting it.
+        """
+        spec = self.spec
         s = spec.tile_size
         cols, rows = record.grid
-        views: list[torch.Tensor] = []
-        if spec.global_view is GlobalView.PAD:
-            g = ops.resize(ops.expand_to_square(image, ops.mean_fill(spec.mean)), (s, s))
-            views.append(ops.normalize(g, spec.mean, spec.std)[None])
-        elif spec.global_view is GlobalView.SQUASH:
-            views.append(ops.normalize(ops.resize(image, (s, s)), spec.mean, spec.std)[None])
-        canvas_t = None
-        canvas_img = None
-        if spec.local_tiles or spec.strided_tiles or spec.lowres is not LowRes.NONE:
-            if cols == 0:
-                raise AssertionError("tiles requested without a grid")
-            if spec.canvas is Canvas.FIT:
-                canvas_img = ops.resize_and_pad(image, record.canvas_size, (0, 0, 0))
-            elif spec.canvas is Canvas.PAD_SQUARE:
-                canvas_img = ops.resize(ops.expand_to_square(image, ops.mean_fill(spec.mean)), record.canvas_size)
-            elif spec.canvas is Canvas.CENTER_CROP:
-                canvas_img = _cover_and_crop(image, record.canvas_size)
-            else:
-                canvas_img = ops.resize(image, record.canvas_size)
-            canvas_t = ops.normalize(canvas_img, spec.mean, spec.std)
-        if spec.local_tiles:
-            views.append(ops.cut_tiles(canvas_t, cols, rows, s))
-        if spec.strided_tiles:
-            views.append(ops.cut_strided(canvas_t, cols, rows, s))
+        mean, std = spec.mean, spec.std
+        k = 0
+        if spec.global_view is not GlobalView.NONE:
+            if spec.global_view is GlobalView.PAD:
+                g = ops.resize(ops.expand_to_square(image, ops.mean_fill(mean)), (s, s))
+            else:  # squash
+                g = ops.resize(image, (s, s))
+            ops.normalize_into(out[k], np.asarray(g).transpose(2, 0, 1), mean, std)
+            k += 1
+        if not (spec.local_tiles or spec.strided_tiles or spec.lowres is not LowRes.NONE):
+            return
+        if cols == 0:
+            raise AssertionError("tiles requested without a grid")
+        canvas_img = self._canvas(image, record)
+        pixels = np.asarray(canvas_img)  # [H x W x c] uint8
+        normalised = None  # [c x H x W] float32, only where a view needs the whole normalised canvas
         if spec.lowres is LowRes.CANVAS_BICUBIC:
-            low = F.interpolate(canvas_t[None], size=(s, s), mode="bicubic", align_corners=False)
-            views.append(low)
+            normalised = ops.normalize_into(np.empty((3,) + pixels.shape[:2], dtype=np.float32),
+                                            pixels.transpose(2, 0, 1), mean, std)
+        n = cols * rows
+        for wanted, strided in ((spec.local_tiles, False), (spec.strided_tiles, True)):
+            if wanted:
+                dst = out[k:k + n].reshape(rows, cols, 3, s, s)
+                if normalised is not None:  # copying floats beats normalising the pixels again
+                    np.copyto(dst, ops.tile_pixels(normalised.transpose(1, 2, 0), cols, rows, s, strided=strided))
+                else:
+                    ops.normalize_into(dst, ops.tile_pixels(pixels, cols, rows, s, strided=strided), mean, std)
+                k += n
+        if normalised is not None:
+            low = F.interpolate(torch.from_numpy(normalised)[None], size=(s, s), mode="bicubic", align_corners=False)
+            torch.from_numpy(out[k:k + 1]).copy_(low)
+            k += 1
         elif spec.lowres is LowRes.ANTIALIAS:
-            views.append(ops.normalize(ops.resize(canvas_img, (s, s)), spec.mean, spec.std)[None])
-        return torch.cat(views, 0), record
+            ops.normalize_into(out[k], np.asarray(ops.resize(canvas_img, (s, s))).transpose(2, 0, 1), mean, std)
+            k += 1
+        if k != out.shape[0]:
+            raise AssertionError(f"wrote {k} views into a slot of {out.shape[0]}")
 
     def __call__(self, images: Sequence[Image.Image] | Image.Image) -> ImageBatch:
+        """Images → one ``pixel_values [v x c x S x S]`` holding every view, written in place."""
         if isinstance(images, Image.Image):
             images = [images]
+        s = self.spec.tile_size
+        # Records come from the sizes alone, so the whole batch is allocated once and every view is
+        # normalised straight into it; images are converted to RGB one at a time.
+        records = [self.spec.record_for(ops.upright_size(img)) for img in images]
+        out = np.empty((sum(r.num_views for r in records), 3, s, s), dtype=np.float32)
+        start = 0
+        for img, record in zip(images, records):
+            rgb = ops.to_rgb(img)
+            if rgb.size != record.image_size:  # the EXIF turn failed (broken block): cut the image as it is
+                return self._concatenate(images)
+            self._views_into(rgb, record, out[start:start + record.num_views])
+            start += record.num_views
+        return ImageBatch(torch.from_numpy(out), records)
+
+    def _concatenate(self, images: Sequence[Image.Image]) -> ImageBatch:
         tensors, records = [], []
         for img in images:
             t, r = self.preprocess_one(img)
             tensors.append(t)
             records.append(r)
-        s = self.spec.tile_size
-        pixel_values = torch.cat(tensors, 0) if tensors else torch.zeros(0, 3, s, s)
-        return ImageBatch(pixel_values, records)
+        return ImageBatch(torch.cat(tensors, 0), records)

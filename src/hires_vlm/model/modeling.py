@@ -305,6 +305,11 @@ class HiResVLM(HiResVLMPreTrainedModel):
         embeddings. With ``return_visual_aux`` returns ``(output, merged)`` to expose the method's
         observables (e.g. which local tokens SliME's router kept).
         """
+        if kwargs.get("use_cache") is False:
+            raise ValueError(
+                "use_cache=False is not supported: transformers keeps the KV cache on when decoding from "
+                "inputs_embeds; recompute with forward() in a loop if you need an uncached reference"
+            )
         merged = self.merge_inputs(input_ids, attention_mask, pixel_values, image_sizes, None, padding_side="left")
         if generation_config is not None:
             kwargs["generation_config"] = generation_config

@@ -45,10 +45,32 @@ class VisionTower(nn.Module):
     def is_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.model.parameters())
 
+    def _encoder_layers(self):
+        """The tower's ``encoder.layers`` ModuleList (CLIP, SigLIP and most ViTs), or None."""
+        for root in (self.model, getattr(self.model, "vision_model", None)):
+            enc = getattr(root, "encoder", None)
+            layers = getattr(enc, "layers", None)
+            if isinstance(layers, nn.ModuleList):
+                return enc, layers
+        return None, None
+
     def _encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        out = self.model(pixel_values=pixel_values.to(self.dtype), output_hidden_states=True)
-        feats = out.hidden_states[self.feature_layer]
+        n_layers = int(self.model.config.num_hidden_layers)
+        k = self.feature_layer if self.feature_layer >= 0 else n_layers + 1 + self.feature_layer
+        enc, layers = self._encoder_layers()
+        if enc is not None and 1 <= k < len(layers):
+            # Run only the layers the feature layer needs (LLaVA's −2 skips the last): less compute,
+            # fewer stored hidden states. The slice shares the modules; the full list is put back.
+            enc.layers = layers[:k]
+            try:
+                out = self.model(pixel_values=pixel_values.to(self.dtype), output_hidden_states=True)
+            finally:
+                enc.layers = layers
+            feats = out.hidden_states[k]
+        else:
+            out = self.model(pixel_values=pixel_values.to(self.dtype), output_hidden_states=True)
+            feats = out.hidden_states[self.feature_layer]
         extra = feats.shape[1] - self.num_tokens
         if extra == 1:
             feats = feats[:, 1:]

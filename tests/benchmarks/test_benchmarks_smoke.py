@@ -1,0 +1,89 @@
+"""Smoke test of the benchmark scripts in ``benchmarks/``: each runs its ``--smoke`` setting, prints
+its ratio line and checks what it measures (outputs equal to the peer's, one tower forward, …).
+
+Performance itself is not tested here (DESIGN.md: performance claims are benchmarks, never timed
+unit tests). The scripts run in this process (``main(argv)``) to keep the test fast; each also
+starts as a command (``--help``) to cover its entry point.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.join(ROOT, "benchmarks")
+
+pytestmark = pytest.mark.slow  # ≈8–20 s in all on a loaded 2-core CPU (most of it imports)
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", os.path.join(BENCH, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(name: str, capsys, tmp_path, *extra) -> tuple[str, dict]:
+    out_json = tmp_path / f"{name}.json"
+    assert _load(name).main(["--smoke", "--json", str(out_json), *extra]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"^ratio: .*\d+\.\d+x", text, re.M), f"{name} printed no ratio line:\n{text}"
+    assert "machine: " in text and "command: " in text
+    with open(out_json) as f:
+        return text, json.load(f)
+
+
+def test_preprocess_matches_transformers_and_prints_ratio(capsys, tmp_path):
+    _, data = _run("bench_preprocess", capsys, tmp_path)
+    for r in data["results"]:
+        assert r["same_grid"], r
+        assert r["views_ours"] == r["views_peer"]
+        assert r["max_abs_diff"] < 1e-5, r  # same Pillow resampling, float32 rounding only
+
+
+def test_vision_batches_every_view_in_one_forward(capsys, tmp_path):
+    _, data = _run("bench_vision", capsys, tmp_path)
+    by = {(r["method"], r["mode"]): r for r in data["results"]}
+    assert by[("inf_llava", "batched")]["forwards"] == 1
+    assert by[("inf_llava", "per_view")]["forwards"] == by[("inf_llava", "per_view")]["views"] == 19
+
+
+def test_prefill_reports_every_method(capsys, tmp_path):
+    text, data = _run("bench_prefill", capsys, tmp_path)
+    keys = {r["key"] for r in data["results"]}
+    assert keys == {"llava", "llava_hd", "monkey", "slime_all", "slime", "inf_llava"}
+    by = {r["key"]: r for r in data["results"]}
+    assert by["slime"]["visual_tokens"] <= by["slime_all"]["visual_tokens"] == by["slime_all"]["max_visual_tokens"]
+    assert by["llava"]["visual_tokens"] == 64  # 8×8 tokens of the tiny tower's one view
+
+
+def test_train_step_runs_with_and_without_checkpointing(capsys, tmp_path):
+    _, data = _run("bench_train", capsys, tmp_path)
+    for r in data["results"].values():
+        assert r["step_gc0"] > 0 and r["step_gc1"] > 0 and r["tokens"] > r["visual_tokens"] > 0
+
+
+def test_generate_modes_agree(capsys, tmp_path):
+    text, data = _run("bench_generate", capsys, tmp_path)
+    # Cached vs recomputed and batched (left-padded) vs single decoding may only part where the two
+    # best logits tie to float precision; a padding or position bug gives clear margins.
+    for key, margin in data["margins_at_differences"].items():
+        assert margin < 1e-3, (key, margin)
+    assert "outputs identical across the modes: " in text
+
+
+@pytest.mark.parametrize("name", ["bench_preprocess", "bench_vision", "bench_prefill", "bench_train",
+                                  "bench_generate"])
+def test_script_starts_as_a_command(name):
+    # ``--help`` exits before torch is imported: this covers the entry point and ``_common``'s import.
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, f"{name}.py"), "--help"], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "--smoke" in proc.stdout and "--readme" in proc.stdout
