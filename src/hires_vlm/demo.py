@@ -46,15 +46,15 @@ class Budget:
     train_per_family: int
     test_per_family: int
     steps: int
-    batch_size: int = 16
-    lr: float = 1.0e-3
+    batch_size: int = 8
+    lr: float = 5.0e-4
     eval_batch_size: int = 32
     max_new_tokens: int = 4
 
 
 BUDGETS = {
-    "default": Budget(train_per_family=500, test_per_family=50, steps=350),
-    "quick": Budget(train_per_family=120, test_per_family=20, steps=60),
+    "default": Budget(train_per_family=500, test_per_family=50, steps=500),
+    "quick": Budget(train_per_family=120, test_per_family=20, steps=90),
 }
 
 
@@ -100,7 +100,9 @@ def _slime(**kw) -> dict:
 
 
 def _inf(**kw) -> dict:
-    return {"preset": "inf_llava", **kw}
+    # The official fixed 3x3 grid is for 1008 px inputs (3·S); the benchmark's images are at most
+    # 2·S, so the tiny demo keeps the rule and scales the grid to 2x2 (no upsampling, 9 views).
+    return {"preset": "inf_llava", "fixed_grid": [2, 2], **kw}
 
 
 SUITES: dict[str, list[Entry]] = {
@@ -109,7 +111,7 @@ SUITES: dict[str, list[Entry]] = {
         Entry("llava_hd", {"preset": "llava_hd", "grid_candidates": TINY_GRIDS}, note="anyres up to 3x3 tiles"),
         Entry("monkey", {"preset": "monkey", "queries": 16}, note="all views compressed to 16 queries"),
         Entry("slime", _slime(), recipe="alternating", note="alternating stages, γ = 0.95"),
-        Entry("inf_llava", _inf(), note="3x3 contiguous + strided tiles, 64 tokens"),
+        Entry("inf_llava", _inf(), note="2x2 contiguous + 2x2 strided tiles + low-res view, 64 tokens"),
     ],
     "slime-ablations": [
         Entry("alternating", _slime(), recipe="alternating", note="SliME's 3-stage recipe"),

@@ -1,0 +1,73 @@
+"""The main job: `hires-vlm demo --quick` end to end, reproducibility, the ablation suites' wiring."""
+
+import json
+import os
+
+import pytest
+
+from hires_vlm.demo import BUDGETS, SUITES, Budget, Entry, run_demo, stages_for
+from hires_vlm.methods import resolve_method_config
+
+
+def test_every_suite_entry_resolves_and_shares_the_budget():
+    for suite, entries in SUITES.items():
+        names = [e.name for e in entries]
+        assert len(names) == len(set(names)), suite
+        for e in entries:
+            resolve_method_config(e.method)
+            if e.train_as:
+                assert e.train_as in names and not next(x for x in entries if x.name == e.train_as).train_as
+            else:
+                stages = stages_for(e, BUDGETS["default"])
+                assert sum(s["training"]["max_steps"] for s in stages) == BUDGETS["default"].steps
+
+
+def test_alternating_recipe_trains_one_visual_adapter_at_a_time():
+    stages = stages_for(Entry("s", {"preset": "slime"}, recipe="alternating"), Budget(1, 1, steps=10))
+    assert [s["method_runtime"]["branches"] for s in stages] == ["global", "local", "both"]
+    assert "connector.local_compressor" not in stages[0]["trainable"]
+    assert "connector.projector" not in stages[1]["trainable"] and "connector.mixture" not in stages[1]["trainable"]
+    assert stages[1]["method_runtime"]["gamma"] == 1.0
+    assert set(stages[2]["trainable"]) == {"vision_tower", "connector", "language_model"}
+
+
+def test_unknown_suite_or_entry_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="suite"):
+        run_demo("nope", out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown entries"):
+        run_demo("main", out_dir=str(tmp_path), only=["gpt-4"], train_per_family=1, test_per_family=1)
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end_reproducible_and_evaluable(tmp_path, capsys):
+    res = run_demo("main", quick=True, out_dir=str(tmp_path / "a"), progress=False)
+    assert [r.name for r in res.rows] == ["llava", "llava_hd", "monkey", "slime", "inf_llava"]
+    for key in ("markdown", "csv", "json", "accuracy_figure", "gallery"):
+        assert os.path.getsize(res.files[key]) > 0, key
+    rows = {r.name: r for r in res.rows}
+    assert rows["slime"].visual_tokens < rows["llava_hd"].visual_tokens
+    assert rows["llava"].visual_tokens == 64
+    saved = json.load(open(res.files["json"]))
+    assert saved["budget"]["steps"] == BUDGETS["quick"].steps and len(saved["rows"]) == 5
+    # Same seed, fresh directory: the same numbers (timings aside).
+    again = run_demo("main", quick=True, out_dir=str(tmp_path / "b"), only=["llava"], progress=False)
+    assert again.rows[0].accuracy == rows["llava"].accuracy
+    assert again.rows[0].visual_tokens == rows["llava"].visual_tokens
+    # A demo checkpoint is an ordinary model directory: `hires-vlm eval` scores it on the benchmark.
+    from hires_vlm.cli import main
+
+    capsys.readouterr()
+    data = os.path.join(res.out_dir, "data")
+    assert main(["eval", "--model", rows["llava"].model_dir, "--benchmark", "synthetic", "--data", data,
+                 "--out", str(tmp_path / "eval"), "--max-new-tokens", "4", "--json", "--no-progress"]) == 0
+    scores = json.load(open(tmp_path / "eval" / "scores.json"))
+    assert abs(scores["metrics"]["accuracy"] - rows["llava"].overall) < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite,entry", [("slime-ablations", "end-to-end, local only"),
+                                         ("inf-llava-ablations", "fusion conv 3x3")])
+def test_ablation_suites_run(tmp_path, suite, entry):
+    res = run_demo(suite, out_dir=str(tmp_path), only=[entry], steps=2, train_per_family=2, test_per_family=1,
+                   progress=False, figures=False)
+    assert entry in [r.name for r in res.rows]
