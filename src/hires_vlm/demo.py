@@ -53,7 +53,7 @@ class Budget:
 
 
 BUDGETS = {
-    "default": Budget(train_per_family=500, test_per_family=50, steps=500),
+    "default": Budget(train_per_family=500, test_per_family=50, steps=1000),
     "quick": Budget(train_per_family=120, test_per_family=20, steps=90),
 }
 
