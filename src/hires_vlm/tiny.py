@@ -53,7 +53,8 @@ def stop_token_ids(tokenizer, template_name: str) -> list[int]:
 def build_tiny(method: str | dict | MethodConfig = "llava_hd", *, template: str = "chatml", seed: int = 0,
                corpus: Iterable[str] | None = None, tile_size: int = TINY_TILE, patch_size: int = TINY_PATCH,
                vision_hidden: int = 64, vision_layers: int = 2, text_hidden: int = 128, text_layers: int = 2,
-               max_length: int = 2048, vocab_size: int = 1024) -> tuple[HiResVLM, HiResVLMProcessor]:
+               max_length: int = 2048, vocab_size: int = 1024,
+               image_resampler: str = "pillow") -> tuple[HiResVLM, HiResVLMProcessor]:
     """A tiny random-init model of ``method`` and its processor; deterministic for a seed."""
     tokenizer = build_bpe_tokenizer(corpus, vocab_size=vocab_size, template=template)
     image_id = add_image_token(tokenizer)
@@ -64,7 +65,7 @@ def build_tiny(method: str | dict | MethodConfig = "llava_hd", *, template: str 
         text_config=tiny_text_config(len(tokenizer), text_hidden, text_layers, tokenizer.pad_token_id,
                                      tokenizer.bos_token_id, tokenizer.eos_token_id).to_dict(),
         method=method_cfg.to_dict(), image_token_id=image_id, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD),
-        max_length=max_length, template=template,
+        image_resampler=image_resampler, max_length=max_length, template=template,
     )
     model = HiResVLM(config)
     model.language_model.generation_config = GenerationConfig(

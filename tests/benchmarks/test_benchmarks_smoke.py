@@ -46,6 +46,9 @@ def test_preprocess_matches_transformers_and_prints_ratio(capsys, tmp_path):
         assert r["same_grid"], r
         assert r["views_ours"] == r["views_peer"]
         assert r["max_abs_diff"] < 1e-5, r  # same Pillow resampling, float32 rounding only
+        assert r["ours_torch_ms"] > 0 and r["torch_vs_pillow_levels"] <= 2, r  # the torch resampler was timed
+        if r["max_abs_diff_tv"] is not None:  # torchvision importable: ours·torch gives its pixels
+            assert r["max_abs_diff_tv"] < 1e-5, r
 
 
 def test_vision_batches_every_view_in_one_forward(capsys, tmp_path):

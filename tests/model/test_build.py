@@ -64,3 +64,23 @@ def test_build_refuses_missing_or_wrong_directories(parts, tmp_path):
         build_from_parts(str(tmp_path / "nope"), str(parts / "llama"))
     with pytest.raises(ValueError, match="not a vision tower"):
         build_from_parts(str(parts / "llama"), str(parts / "llama"))
+
+
+def test_build_with_the_torch_resampler_and_bad_values(parts, tmp_path):
+    from hires_vlm.model import HiResVLMConfig
+
+    out = tmp_path / "fast"
+    assert main(["build", "--vision", str(parts / "clip"), "--lm", str(parts / "llama"), "--method", "llava_hd",
+                 "--out", str(out), "--image-resampler", "torch"]) == 0
+    model = HiResVLM.from_pretrained(out)
+    proc = HiResVLMProcessor.from_pretrained(out)
+    assert model.config.image_resampler == "torch" and proc.imaging_spec.resampler.value == "torch"
+    assert json.loads((out / "processor_config.json").read_text())["imaging"]["resampler"] == "torch"
+    image = Image.new("RGB", (150, 90), (200, 30, 30))
+    fast = model.image_processor([image]).pixel_values
+    model.config.image_resampler = "pillow"  # the model's processor follows its config
+    slow = model.image_processor([image]).pixel_values
+    assert model.image_processor.spec.resampler.value == "pillow"
+    assert float((fast - slow).abs().max()) <= 2 / (255 * 0.5) + 1e-5  # this tower normalises with std 0.5
+    with pytest.raises(ValueError, match="image_resampler='nearest' is not valid"):
+        HiResVLMConfig(image_resampler="nearest")

@@ -73,6 +73,8 @@ def test_overrides_reach_nested_keys_and_list_items():
      "unknown key"),
     ({"run": {"output_dir": "x"}, "stages": [{"name": "a", "trainable": {"c": 1}}, {"name": "a", "trainable": {"c": 1}}]},
      "twice"),
+    ({"run": {"output_dir": "x"}, "model": {"image_resampler": "lanczos"}, "stages": [{"name": "a", "trainable": {"c": 1}}]},
+     "image_resampler='lanczos' is not valid"),
 ])
 def test_bad_configs_say_what_is_wrong(raw, msg):
     with pytest.raises(ConfigError, match=msg):

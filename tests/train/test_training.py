@@ -134,3 +134,29 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_data):
     assert state["global_step"] == 2
     assert (tmp_path / "pretrain" / "final" / "model.safetensors").exists()
     assert (tmp_path / "pretrain" / "checkpoint-2" / COMPLETE_MARKER).exists()
+
+
+def test_image_resampler_is_chosen_in_the_config_and_saved_with_the_model(tmp_path, tiny_data):
+    from hires_vlm.model import HiResVLM, HiResVLMProcessor
+    from hires_vlm.train.runner import load_stage_model
+
+    cfg = _cfg(tmp_path / "run", tiny_data, "model.image_resampler=torch")
+    model, proc = load_stage_model(cfg, 0, tiny_data)
+    assert model.config.image_resampler == "torch"
+    assert proc.imaging_spec.resampler.value == "torch" and model.image_processor.spec.resampler.value == "torch"
+    saved = tmp_path / "saved"
+    model.save_pretrained(saved)
+    proc.save_pretrained(saved)
+    assert HiResVLM.from_pretrained(saved).image_processor.spec.resampler.value == "torch"
+    assert HiResVLMProcessor.from_pretrained(saved).imaging_spec.resampler.value == "torch"
+    # a pretrained model keeps its resampler unless the config names another
+    again = load_config(CONFIG, [f"run.output_dir={tmp_path / 'run2'}", f"data.train={tiny_data}",
+                                 "model.source=pretrained", f"model.path={saved}", "model.method=keep"])
+    m2, p2 = load_stage_model(again, 0, tiny_data)
+    assert m2.config.image_resampler == "torch" and p2.imaging_spec.resampler.value == "torch"
+    switched = load_config(CONFIG, [f"run.output_dir={tmp_path / 'run3'}", f"data.train={tiny_data}",
+                                    "model.source=pretrained", f"model.path={saved}", "model.method=keep",
+                                    "model.image_resampler=pillow"])
+    m3, p3 = load_stage_model(switched, 0, tiny_data)
+    assert m3.config.image_resampler == "pillow"
+    assert p3.imaging_spec.resampler.value == "pillow" and m3.image_processor.spec.resampler.value == "pillow"

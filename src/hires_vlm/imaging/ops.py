@@ -1,8 +1,9 @@
 """Pixel operations: load, convert to RGB, pad, resize, normalise, cut tiles.
 
-Pure functions on Pillow images and tensors; no ``nn.Module``. Resizing is Pillow's bicubic
+Pure functions on Pillow images and tensors; no ``nn.Module``. Resizing here is Pillow's bicubic
 filter, which is antialiased when it shrinks (the CLIP processor's default), so a view made here
-loses the high frequencies a real tower's preprocessing loses.
+loses the high frequencies a real tower's preprocessing loses; :mod:`.resample` puts these and
+their torch-kernel equivalents behind one interface for the processor.
 
 Tensor legend used in this package: ``[v x c x s x s]`` views (v views, c = 3 channels, s = tile
 size), ``[c x H x W]`` one canvas.

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import grids, ops
+from .resample import PIXELS, Resampler
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -82,12 +83,14 @@ class ImagingSpec:
     lowres: LowRes = LowRes.NONE
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
+    resampler: Resampler = Resampler.PILLOW  # pillow (official code's pixels) | torch (transformers' fast processors')
 
     def __post_init__(self):
         object.__setattr__(self, "grid_rule", _enum(GridRule, self.grid_rule, "grid_rule"))
         object.__setattr__(self, "canvas", _enum(Canvas, self.canvas, "canvas"))
         object.__setattr__(self, "global_view", _enum(GlobalView, self.global_view, "global_view"))
         object.__setattr__(self, "lowres", _enum(LowRes, self.lowres, "lowres"))
+        object.__setattr__(self, "resampler", _enum(Resampler, self.resampler, "resampler"))
         object.__setattr__(self, "grid_candidates", tuple((int(c), int(r)) for c, r in self.grid_candidates))
         object.__setattr__(self, "fixed_grid", (int(self.fixed_grid[0]), int(self.fixed_grid[1])))
         object.__setattr__(self, "mean", tuple(float(x) for x in self.mean))
@@ -211,21 +214,22 @@ class ImageBatch:
         return [r.num_views for r in self.records]
 
 
-def _cover_and_crop(img: Image.Image, canvas: Sequence[int]) -> Image.Image:
+def _cover_and_crop(px, img, canvas: Sequence[int]):
     """Resize keeping the aspect so the image covers ``canvas`` (w, h), then crop its centre.
 
     On a square canvas this is the CLIP processor: shortest edge → side, longest →
-    ``int(side·long/short)``, crop offsets ``(size − side) // 2``.
+    ``int(side·long/short)``, crop offsets ``(size − side) // 2``. ``px`` is the resampler's
+    pixel operations (:mod:`.resample`).
     """
-    w, h = img.size
+    w, h = px.size(img)
     cw, ch = int(canvas[0]), int(canvas[1])
     if cw * h >= ch * w:  # width is the binding side
         size = (cw, max(ch, int(cw * h / w)))
     else:
         size = (max(cw, int(ch * w / h)), ch)
-    scaled = ops.resize(img, size)
+    scaled = px.resize(img, size)
     left, top = (size[0] - cw) // 2, (size[1] - ch) // 2
-    return scaled.crop((left, top, left + cw, top + ch))
+    return px.crop(scaled, (left, top, left + cw, top + ch))
 
 
 class HiResImageProcessor:
@@ -233,6 +237,7 @@ class HiResImageProcessor:
 
     def __init__(self, spec: ImagingSpec):
         self.spec = spec
+        self._px = PIXELS[spec.resampler]
 
     def __repr__(self) -> str:
         return f"HiResImageProcessor({self.spec})"
@@ -245,16 +250,17 @@ class HiResImageProcessor:
         self._views_into(image, record, out)
         return torch.from_numpy(out), record
 
-    def _canvas(self, image: Image.Image, record: CutRecord) -> Image.Image:
+    def _canvas(self, image, record: CutRecord):
         """The image made ``nW·S × nH·S`` the way the spec says (uint8, before normalisation)."""
-        spec = self.spec
+        spec, px = self.spec, self._px
         if spec.canvas is Canvas.FIT:
-            return ops.resize_and_pad(image, record.canvas_size, (0, 0, 0))
+            left, top, right, bottom = record.content_box
+            return px.place(px.resize(image, (right - left, bottom - top)), record.canvas_size, (left, top), (0, 0, 0))
         if spec.canvas is Canvas.PAD_SQUARE:
-            return ops.resize(ops.expand_to_square(image, ops.mean_fill(spec.mean)), record.canvas_size)
+            return px.resize(px.expand_to_square(image, ops.mean_fill(spec.mean)), record.canvas_size)
         if spec.canvas is Canvas.CENTER_CROP:
-            return _cover_and_crop(image, record.canvas_size)
-        return ops.resize(image, record.canvas_size)
+            return _cover_and_crop(px, image, record.canvas_size)
+        return px.resize(image, record.canvas_size)
 
     def _views_into(self, image: Image.Image, record: CutRecord, out: np.ndarray) -> None:
         """Write the views of one RGB image cut as ``record`` into ``out [v x c x S x S]`` (float32).
@@ -264,24 +270,25 @@ class HiResImageProcessor:
         the low-resolution view is interpolated from it (INF-LLaVA official), in which case the
         tiles are copied from it. The values are those of normalising the canvas and cutting it.
         """
-        spec = self.spec
+        spec, px = self.spec, self._px
         s = spec.tile_size
         cols, rows = record.grid
         mean, std = spec.mean, spec.std
+        image = px.prepare(image)
         k = 0
         if spec.global_view is not GlobalView.NONE:
             if spec.global_view is GlobalView.PAD:
-                g = ops.resize(ops.expand_to_square(image, ops.mean_fill(mean)), (s, s))
+                g = px.resize(px.expand_to_square(image, ops.mean_fill(mean)), (s, s))
             else:  # squash
-                g = ops.resize(image, (s, s))
-            ops.normalize_into(out[k], np.asarray(g).transpose(2, 0, 1), mean, std)
+                g = px.resize(image, (s, s))
+            ops.normalize_into(out[k], px.array(g).transpose(2, 0, 1), mean, std)
             k += 1
         if not (spec.local_tiles or spec.strided_tiles or spec.lowres is not LowRes.NONE):
             return
         if cols == 0:
             raise AssertionError("tiles requested without a grid")
         canvas_img = self._canvas(image, record)
-        pixels = np.asarray(canvas_img)  # [H x W x c] uint8
+        pixels = px.array(canvas_img)  # [H x W x c] uint8
         normalised = None  # [c x H x W] float32, only where a view needs the whole normalised canvas
         if spec.lowres is LowRes.CANVAS_BICUBIC:
             normalised = ops.normalize_into(np.empty((3,) + pixels.shape[:2], dtype=np.float32),
@@ -300,7 +307,7 @@ class HiResImageProcessor:
             torch.from_numpy(out[k:k + 1]).copy_(low)
             k += 1
         elif spec.lowres is LowRes.ANTIALIAS:
-            ops.normalize_into(out[k], np.asarray(ops.resize(canvas_img, (s, s))).transpose(2, 0, 1), mean, std)
+            ops.normalize_into(out[k], px.array(px.resize(canvas_img, (s, s))).transpose(2, 0, 1), mean, std)
             k += 1
         if k != out.shape[0]:
             raise AssertionError(f"wrote {k} views into a slot of {out.shape[0]}")

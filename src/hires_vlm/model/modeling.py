@@ -12,6 +12,7 @@ back), ``image_sizes [n x 2]`` (width, height) per image in placeholder order.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -121,12 +122,14 @@ class HiResVLM(HiResVLMPreTrainedModel):
 
     @property
     def imaging_spec(self) -> ImagingSpec:
-        return self.connector.imaging_spec(self.config.image_mean, self.config.image_std)
+        spec = self.connector.imaging_spec(self.config.image_mean, self.config.image_std)
+        return dataclasses.replace(spec, resampler=self.config.image_resampler)
 
     @property
     def image_processor(self) -> HiResImageProcessor:
-        if self._processor is None:
-            self._processor = HiResImageProcessor(self.imaging_spec)
+        spec = self.imaging_spec  # follows the config (e.g. a changed image_resampler)
+        if self._processor is None or self._processor.spec != spec:
+            self._processor = HiResImageProcessor(spec)
         return self._processor
 
     def set_method_runtime(self, **changes) -> None:

@@ -7,6 +7,7 @@ left-padded for generation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -41,8 +42,8 @@ class HiResVLMProcessor:
         vc = config.vision_config
         self.tile_size = int(vc.image_size)
         self.grid = self.tile_size // int(vc.patch_size)
-        self.imaging_spec: ImagingSpec = self.method_config.imaging_spec(self.tile_size, config.image_mean,
-                                                                         config.image_std)
+        spec = self.method_config.imaging_spec(self.tile_size, config.image_mean, config.image_std)
+        self.imaging_spec: ImagingSpec = dataclasses.replace(spec, resampler=config.image_resampler)
         self.image_processor = HiResImageProcessor(self.imaging_spec)
         self.encoder = ConversationEncoder(tokenizer, self.template, image_id, config.max_length)
 

@@ -3,7 +3,7 @@
 A run is::
 
     run:      {output_dir, seed}
-    model:    {source: tiny | pretrained, path, method, template, tiny: {sizes}}
+    model:    {source: tiny | pretrained, path, method, template, tiny: {sizes}, image_resampler}
     data:     {train: FILE | synthetic, image_folder, synthetic: {...}, max_length}
     training: {defaults for every stage: HF TrainingArguments names}
     stages:   [{name, template, trainable: {module prefix: lr}, method_runtime: {...}, training: {...},
@@ -59,6 +59,7 @@ class ModelSpec:
     template: str | None = None  # None: the model's own (tiny: chatml)
     tiny: dict = field(default_factory=dict)
     max_length: int | None = None
+    image_resampler: str | None = None  # None: the model's own (tiny: pillow); pillow | torch
 
 
 @dataclass
@@ -167,6 +168,9 @@ def from_dict(raw: dict, source_file: str | None = None) -> TrainConfig:
         raise ConfigError(f"model.source={mspec.source!r} is not valid; choose 'tiny' or 'pretrained'")
     if mspec.source == "pretrained" and not mspec.path:
         raise ConfigError("model.source 'pretrained' needs model.path (a directory saved by hires-vlm)")
+    if mspec.image_resampler not in (None, "pillow", "torch"):
+        raise ConfigError(f"model.image_resampler={mspec.image_resampler!r} is not valid; choose 'pillow' (the "
+                          "official code's pixels) or 'torch' (faster; transformers' fast processors' pixels)")
     data = raw.get("data") or {}
     _check_keys("data", data, {f.name for f in dataclasses.fields(DataSpec)})
     dspec = DataSpec(**data)

@@ -233,11 +233,16 @@ def load_stage_model(cfg: TrainConfig, stage_index: int, train_file: str):
             if wanted.to_dict() != model.config.method:
                 runtime = {k: v for k, v in wanted.to_dict().items() if model.config.method.get(k) != v and k != "name"}
                 model.set_method_runtime(**runtime)
+        if m.image_resampler and m.image_resampler != model.config.image_resampler:
+            model.config.image_resampler = m.image_resampler
+            proc = HiResVLMProcessor(proc.tokenizer, model.config)
         return model, proc
     kwargs = dict(m.tiny)
     kwargs.setdefault("template", m.template or "chatml")
     if m.max_length is not None:
         kwargs.setdefault("max_length", m.max_length)
+    if m.image_resampler:
+        kwargs.setdefault("image_resampler", m.image_resampler)
     return build_tiny(m.method, seed=cfg.seed, corpus=corpus_from_records(train_file), **kwargs)
 
 
