@@ -12,6 +12,7 @@ depends on its random weights, so it illustrates; the upper bound is exact).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ class Geometry:
     patch_size: int = 14
     mean: tuple = CLIP_MEAN
     std: tuple = CLIP_STD
+    resampler: str = "pillow"  # a saved model's image_resampler: the pixels of the views shown
 
     @property
     def grid(self) -> int:
@@ -54,7 +56,7 @@ def load_method_spec(method: str | None, config_file: str | None):
 
 
 def describe(image_size: tuple[int, int], cfg: MethodConfig, geo: Geometry) -> tuple[dict, CutRecord, ImagingSpec]:
-    spec = cfg.imaging_spec(geo.tile_size, geo.mean, geo.std)
+    spec = dataclasses.replace(cfg.imaging_spec(geo.tile_size, geo.mean, geo.std), resampler=geo.resampler)
     rec = spec.record_for(image_size)
     kinds: dict[str, int] = {}
     for k in rec.views:
@@ -64,6 +66,7 @@ def describe(image_size: tuple[int, int], cfg: MethodConfig, geo: Geometry) -> t
         "image_size": list(rec.image_size),
         "tile_size": geo.tile_size,
         "patch_size": geo.patch_size,
+        "image_resampler": spec.resampler.value,
         "grid": list(rec.grid),
         "canvas_size": list(rec.canvas_size),
         "content_box": list(rec.content_box),
@@ -192,7 +195,7 @@ def run_inspect(image_path: str, method: str | None = None, config_file: str | N
 
         mc = HiResVLMConfig.from_pretrained(model_dir)
         geo = Geometry(int(mc.vision_config.image_size), int(mc.vision_config.patch_size),
-                       tuple(mc.image_mean), tuple(mc.image_std))
+                       tuple(mc.image_mean), tuple(mc.image_std), mc.image_resampler)
         cfg = resolve_method_config(mc.method) if not (method or config_file) else load_method_spec(method, config_file)
     else:
         cfg = load_method_spec(method, config_file)

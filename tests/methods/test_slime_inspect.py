@@ -72,7 +72,7 @@ def test_cli_inspect_route_with_a_saved_model(tmp_path, capsys):
     from hires_vlm.tiny import build_tiny
 
     model, proc = build_tiny({"preset": "slime", "local_queries": 16, "resampler_heads": 4}, text_layers=1,
-                             vision_layers=1, vocab_size=300)
+                             vision_layers=1, vocab_size=300, image_resampler="torch")
     model.save_pretrained(tmp_path / "m")
     proc.save_pretrained(tmp_path / "m")
     img = tmp_path / "i.png"
@@ -80,5 +80,6 @@ def test_cli_inspect_route_with_a_saved_model(tmp_path, capsys):
     assert main(["inspect", str(img), "--model", str(tmp_path / "m"), "--route", "--json", "--gamma", "0.5"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["tile_size"] == 112 and info["visual_tokens"] == 64 + 1 + 6 * 16
+    assert info["image_resampler"] == "torch"  # the saved model's pixels
     assert 65 < info["visual_tokens_after_routing"] < info["visual_tokens"] and info["router_gamma"] == 0.5
     assert main(["inspect", str(img), "--model", str(tmp_path / "m"), "--route", "--method", "llava_hd"]) == 2
