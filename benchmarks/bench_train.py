@@ -106,12 +106,9 @@ class Case:
     def set_gc(self, on: bool) -> None:
         if self.gc is on:
             return
-        m = self.model
-        kwargs = {"use_reentrant": False}
-        if hasattr(m, "activation_checkpointing_enable"):  # transformers ≥ 5.2x name
-            m.activation_checkpointing_enable(kwargs) if on else m.activation_checkpointing_disable()
-        else:
-            m.gradient_checkpointing_enable(kwargs) if on else m.gradient_checkpointing_disable()
+        from hires_vlm import compat
+
+        compat.set_activation_checkpointing(self.model, on, use_reentrant=False)
         self.gc = on
 
     def step(self, gc: bool):

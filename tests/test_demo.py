@@ -62,6 +62,32 @@ def test_quick_demo_end_to_end_reproducible_and_evaluable(tmp_path, capsys):
                  "--out", str(tmp_path / "eval"), "--max-new-tokens", "4", "--json", "--no-progress"]) == 0
     scores = json.load(open(tmp_path / "eval" / "scores.json"))
     assert abs(scores["metrics"]["accuracy"] - rows["llava"].overall) < 1e-6
+    _readme_examples_run_on(res.out_dir, capsys)
+
+
+def _readme_examples_run_on(demo_dir, capsys):
+    """The README's Python example and its `hires-vlm generate` example work on a demo's output."""
+    import contextlib
+    import io
+    import shlex
+
+    from readme_examples import blocks
+
+    from hires_vlm.cli import main
+
+    py = [b for _, b in blocks("python") if "runs/demo/" in b]
+    assert py, "the README's Python example reads a model the demo writes"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(py[0].replace("runs/demo/", f"{demo_dir}/"), "README.md", "exec"), {})
+    assert out.getvalue().strip().startswith("["), out.getvalue()
+    gen = [b for _, b in blocks("bash") if b.lstrip().startswith("hires-vlm generate")]
+    assert gen, "the README shows a `hires-vlm generate` example"
+    cmd = " ".join(line.split("#", 1)[0].rstrip().rstrip("\\") for line in gen[0].splitlines())
+    args = shlex.split(cmd.replace("runs/demo/", f"{demo_dir}/"))
+    capsys.readouterr()
+    assert main(args[1:]) == 0  # (what the quick demo's model answers after 90 steps may be empty)
+    assert capsys.readouterr().out.endswith("\n")
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import os
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig
 
+from . import fsio
 from .imaging import CLIP_MEAN, CLIP_STD
 from .methods import Dims, build_method, resolve_method_config
 from .model import HiResVLM, HiResVLMConfig, HiResVLMProcessor
@@ -127,41 +128,15 @@ def build_from_parts(vision_dir: str, lm_dir: str, method="llava_hd", *, templat
     return model, HiResVLMProcessor(tokenizer, config)
 
 
-def build_and_save(vision_dir: str, lm_dir: str, method, out_dir: str, **kwargs) -> str:
-    """``build_from_parts`` then save model + processor atomically into ``out_dir``."""
-    import shutil
+def build_and_save(vision_dir: str, lm_dir: str, method, out_dir: str, overwrite: bool = False, **kwargs) -> str:
+    """``build_from_parts`` then save model + processor atomically into ``out_dir``.
 
+    An existing, non-empty ``out_dir`` is refused unless ``overwrite``; it is checked before the
+    (slow) build starts.
+    """
+    fsio.refuse_occupied(out_dir, overwrite)
     model, processor = build_from_parts(vision_dir, lm_dir, method, **kwargs)
-    tmp = out_dir.rstrip("/") + ".tmp"
-    if os.path.isdir(tmp):
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with fsio.staged_dir(out_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
     return out_dir
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("build", help="assemble a model from a local vision tower and a local causal LM")
-    p.add_argument("--vision", required=True, help="directory of a transformers CLIP/SigLIP checkpoint")
-    p.add_argument("--lm", required=True, help="directory of a causal LM with its tokenizer")
-    p.add_argument("--method", default="llava_hd", help="method preset (llava, llava_hd, monkey, slime, inf_llava, …)")
-    p.add_argument("--out", required=True, help="output directory (written atomically)")
-    p.add_argument("--template", help="conversation template (default: inferred from the tokenizer)")
-    p.add_argument("--feature-layer", type=int, default=-2)
-    p.add_argument("--max-length", type=int)
-    p.add_argument("--dtype", choices=sorted(DTYPES))
-    p.add_argument("--image-resampler", choices=["pillow", "torch"], default="pillow",
-                   help="pillow: the official code's pixels (default); torch: transformers' fast processors' pixels, "
-                        "4-5x faster preprocessing on large images (benchmarks/README.md)")
-    p.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    out = build_and_save(args.vision, args.lm, args.method, args.out, template=args.template,
-                         vision_feature_layer=args.feature_layer, max_length=args.max_length, dtype=args.dtype,
-                         image_resampler=args.image_resampler)
-    print(f"built {args.method} model in {out}")
-    return 0

@@ -33,17 +33,12 @@ def _train(args) -> int:
 
 
 def _generate(args) -> int:
-    import torch
-
     from .imaging import load_image
-    from .model import HiResVLM, HiResVLMProcessor
+    from .model import load_model
 
-    if not os.path.isdir(args.model):
-        raise SystemExit(f"error: model directory not found: {args.model!r}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = HiResVLM.from_pretrained(args.model).to(device).eval()
-    processor = HiResVLMProcessor.from_pretrained(args.model)
-    images = [load_image(p) for p in args.image] if args.image else [None]
+    images = [load_image(p) for p in args.image] if args.image else [None]  # bad input fails before the load
+    model, processor = load_model(args.model, args.device)
+    device = model.device
     prompts = [args.prompt] * len(images)
     inputs = {k: v.to(device) for k, v in processor(prompts, images).items()}
     kwargs = {"max_new_tokens": args.max_new_tokens}
@@ -60,11 +55,23 @@ def _generate(args) -> int:
 def _inspect(args) -> int:
     from .inspect_cut import run_inspect
 
-    text, _ = run_inspect(args.image, method=args.method, config_file=args.config, model_dir=args.model,
+    if (args.image is None) == (args.size is None):
+        raise ValueError("give an IMAGE file or --size WIDTHxHEIGHT (one of the two)")
+    text, _ = run_inspect(args.image, size=args.size, method=args.method, config_file=args.config, model_dir=args.model,
                           tile_size=args.tile_size, patch_size=args.patch_size, as_json=args.json,
                           figure=args.save_figure, route=args.route, prompt=args.prompt, gamma=args.gamma)
     print(text)
     return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 1920x1080") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be at least 1x1")
+    return w, h
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("inspect", help="show how a method cuts an image and how many visual tokens it gets")
-    p.add_argument("image")
+    p.add_argument("image", nargs="?", help="image file (or give --size)")
+    p.add_argument("--size", type=_size, metavar="WxH", help="an image size instead of a file, e.g. 1920x1080 "
+                                                           "(the cut depends only on the size)")
     p.add_argument("--method", help="method preset (llava, llava_hd, monkey, slime, slime-paper, inf_llava, …)")
     p.add_argument("--config", help="method YAML, or a training config (its model.method is used)")
     p.add_argument("--model", help="a saved model directory: its method and tower geometry")
@@ -118,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Modules that register their own subcommands with ``add_parser(subparsers)``.
 SUBCOMMAND_MODULES = (
     "hires_vlm.demo",
-    "hires_vlm.build",
+    "hires_vlm.build_cli",
     "hires_vlm.importers.cli",
     "hires_vlm.eval.cli_eval",
     "hires_vlm.eval.cli_score",

@@ -153,9 +153,9 @@ DEFAULT_ROUTE_PROMPT = "Describe the image in detail."
 def routing_model(cfg: MethodConfig, geo: Geometry, model_dir: str | None = None, seed: int = 0):
     """(model in eval mode, processor): the saved one, or a small random one at ``geo``."""
     if model_dir:
-        from .model import HiResVLM, HiResVLMProcessor
+        from .model import load_model
 
-        return HiResVLM.from_pretrained(model_dir).eval(), HiResVLMProcessor.from_pretrained(model_dir)
+        return load_model(model_dir, "cpu")
     from .tiny import build_tiny
 
     if getattr(cfg, "separator_token_id", None) is not None:
@@ -182,18 +182,23 @@ def routed_visual_tokens(image, model, processor, prompt: str = DEFAULT_ROUTE_PR
     return int(merged.visual_tokens[0]), merged.visual_aux
 
 
-def run_inspect(image_path: str, method: str | None = None, config_file: str | None = None,
+def run_inspect(image_path: str | None, method: str | None = None, config_file: str | None = None,
                 model_dir: str | None = None, tile_size: int | None = None, patch_size: int | None = None,
                 as_json: bool = False, figure: str | None = None, route: bool = False,
-                prompt: str | None = None, gamma: float | None = None) -> tuple[str, dict]:
+                prompt: str | None = None, gamma: float | None = None,
+                size: tuple[int, int] | None = None) -> tuple[str, dict]:
+    """Describe the cut of ``image_path`` (or of an image of ``size`` = (width, height), no file needed)."""
     from .imaging import load_image
 
-    image = load_image(image_path)
+    if size is not None and (figure or route):
+        raise ValueError("--save-figure and --route need the pixels: give an image file instead of --size")
+    image = load_image(image_path) if size is None else None
+    image_size = tuple(size) if size is not None else image.size
     geo = Geometry()
     if model_dir:
-        from .model import HiResVLMConfig
+        from .model import HiResVLMConfig, check_model_dir
 
-        mc = HiResVLMConfig.from_pretrained(model_dir)
+        mc = HiResVLMConfig.from_pretrained(check_model_dir(model_dir))
         geo = Geometry(int(mc.vision_config.image_size), int(mc.vision_config.patch_size),
                        tuple(mc.image_mean), tuple(mc.image_std), mc.image_resampler)
         cfg = resolve_method_config(mc.method) if not (method or config_file) else load_method_spec(method, config_file)
@@ -203,7 +208,7 @@ def run_inspect(image_path: str, method: str | None = None, config_file: str | N
         geo.tile_size = tile_size
     if patch_size:
         geo.patch_size = patch_size
-    info, rec, spec = describe(image.size, cfg, geo)
+    info, rec, spec = describe(image_size, cfg, geo)
     if (prompt is not None or gamma is not None) and not route:
         raise ValueError("--prompt and --gamma only apply with --route")
     if route and model_dir and (method or config_file):

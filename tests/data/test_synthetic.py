@@ -62,7 +62,7 @@ def test_same_seed_gives_identical_files_whatever_the_workers(bench, tmp_path):
     again = syn.generate_benchmark(tmp_path / "again", seed=3, num_workers=1, **SMALL)
     assert again.regenerated
     first, second = _files(bench.out_dir), _files(again.out_dir)
-    assert first.keys() == second.keys() and len(first) == 3 + 6 * (8 + 4)
+    assert first.keys() == second.keys() and len(first) == 4 + 6 * (8 + 4)  # 3 JSON + the ownership marker
     assert all(first[k] == second[k] for k in first)
     other = syn.generate_benchmark(tmp_path / "other", seed=4, num_workers=1, families=["fine_detail"],
                                    train_per_family=4, test_per_family=0, separability_samples=0)
@@ -115,6 +115,44 @@ def test_skips_a_matching_benchmark_and_redraws_a_changed_one(tmp_path):
     assert fewer.regenerated
     pngs = sorted(p.name for p in (tmp_path / "images/test").rglob("*.png"))
     assert pngs == ["quadrant-test-00000.png", "tile_border-test-00000.png"]  # stale images removed
+
+
+TINY = dict(families=["quadrant"], train_per_family=2, test_per_family=1, num_workers=1, separability_samples=0)
+
+
+def test_a_folder_holding_the_user_s_files_is_refused_and_left_as_it_was(tmp_path):
+    """Regression (issue 13): the generator used to delete every PNG under images/ it had not written
+    and overwrite train.json."""
+    mine = tmp_path / "images" / "train" / "quadrant" / "quadrant-train-00005.png"
+    mine.parent.mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(mine)
+    (tmp_path / "train.json").write_text('[{"mine": true}]')
+    before = _files(tmp_path)
+    with pytest.raises(FileExistsError, match="did not write") as err:
+        syn.generate_benchmark(tmp_path, **TINY)
+    assert "quadrant-train-00005.png" in str(err.value) and "train.json" in str(err.value)
+    assert _files(tmp_path) == before
+
+
+def test_a_file_added_to_a_generated_folder_is_never_deleted(tmp_path):
+    syn.generate_benchmark(tmp_path, **TINY)
+    extra = tmp_path / "images" / "test" / "quadrant" / "notes.png"
+    extra.write_bytes(b"the user's")
+    with pytest.raises(FileExistsError, match="notes.png"):
+        syn.generate_benchmark(tmp_path, **{**TINY, "test_per_family": 2})
+    assert extra.read_bytes() == b"the user's"
+    extra.unlink()
+    assert syn.generate_benchmark(tmp_path, **{**TINY, "test_per_family": 2}).regenerated
+
+
+def test_a_folder_written_before_the_ownership_marker_is_taken_over(tmp_path):
+    syn.generate_benchmark(tmp_path, **TINY)
+    (tmp_path / ".hires-vlm-owned.json").unlink()  # as written by an earlier version
+    assert not syn.generate_benchmark(tmp_path, **TINY).regenerated
+    assert (tmp_path / ".hires-vlm-owned.json").is_file()
+    fewer = syn.generate_benchmark(tmp_path, **{**TINY, "train_per_family": 1})
+    assert sorted(p.name for p in (tmp_path / "images/train").rglob("*.png")) == ["quadrant-train-00000.png"]
+    assert fewer.regenerated
 
 
 def test_bad_requests_say_what_is_wrong(tmp_path):

@@ -26,9 +26,30 @@ def add_parser(sub) -> None:
     c.add_argument("--image-folder", required=True)
     c.add_argument("--model", required=True, help="model directory whose processor and template to use")
     c.set_defaults(func=_check)
-    try:
-        from . import synthetic
-    except ImportError:
-        return
-    if hasattr(synthetic, "add_parser"):
-        synthetic.add_parser(data_sub)
+    g = data_sub.add_parser("synthetic", help="write the embedded high-resolution benchmark (LLaVA JSON + PNG)")
+    g.add_argument("out", help="output folder (created; refused if it holds files the generator did not write)")
+    g.add_argument("--train-per-family", type=int, default=500, help="training images per family (default 500)")
+    g.add_argument("--test-per-family", type=int, default=50, help="test images per family (default 50)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--families", nargs="+", metavar="NAME",
+                   help="task families (default: all: fine_detail counting quadrant tile_border global_layout existence)")
+    g.add_argument("--tile-size", type=int, default=112, help="the tower input size S the benchmark is made for")
+    g.add_argument("--separability-samples", type=int, default=300,
+                   help="images per class for the low-resolution separability measurement (0: skip)")
+    g.add_argument("--workers", type=int, help="processes drawing images (default: up to 4; output does not depend on it)")
+    g.set_defaults(func=_synthetic)
+
+
+def _synthetic(args) -> int:
+    from .synthetic import generate_benchmark
+
+    info = generate_benchmark(args.out, train_per_family=args.train_per_family,
+                              test_per_family=args.test_per_family, seed=args.seed, families=args.families,
+                              tile_size=args.tile_size, num_workers=args.workers,
+                              separability_samples=args.separability_samples)
+    counts = {split: sum(c.values()) for split, c in info.counts.items()}
+    state = "written" if info.regenerated else "already complete, kept"
+    print(f"{info.out_dir}: {counts['train']} train + {counts['test']} test images "
+          f"({', '.join(info.families)}); {state}")
+    print(f"  {info.train_json}\n  {info.test_json}\n  {info.out_dir / 'benchmark.json'}")
+    return 0

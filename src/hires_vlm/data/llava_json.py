@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
+from .. import fsio
 from ..imaging import ImageLoadError, load_image
 from ..text import IGNORE_INDEX, ConversationEncoder, ConversationError, get_template
 
@@ -68,14 +69,13 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 
 
 def resolve_image_path(image_folder: str, rel: str) -> str:
-    """Join ``rel`` to ``image_folder``, refusing absolute paths and ``..`` escapes."""
-    if not isinstance(rel, str) or not rel:
+    """Join ``rel`` to ``image_folder`` by the package's one path rule (:func:`fsio.resolve_inside`)."""
+    if not isinstance(rel, str) or not rel.strip():
         raise SampleError("bad_record", f"image path must be a non-empty string, got {rel!r}")
-    root = os.path.realpath(image_folder)
-    full = os.path.realpath(os.path.join(root, rel))
-    if os.path.isabs(rel) or os.path.commonpath([root, full]) != root:
-        raise SampleError("path_escape", f"image path {rel!r} points outside the image folder {image_folder!r}")
-    return full
+    try:
+        return fsio.resolve_inside(image_folder, rel)
+    except fsio.PathOutsideError as err:
+        raise SampleError("path_escape", f"{err} (the image folder)") from err
 
 
 @dataclass

@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hires_vlm import fsio
 from hires_vlm.imaging import ops
 from hires_vlm.imaging.processor import CLIP_MEAN, ImagingSpec
 
@@ -82,6 +83,8 @@ ASPECTS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (2, 1), (1, 2))  # (width, he
 PATTERNS = ("plain", "horizontal", "vertical", "checkered")
 STRIPED = PATTERNS[1:]
 SPLITS = ("train", "test")
+JSON_FILES = ("train.json", "test.json", "benchmark.json")
+OWNER = "the synthetic benchmark generator (hires_vlm.data.synthetic)"
 
 NOISE_STD = 10.0  # grey-level std of the background noise (full resolution)
 _NOISE_STEP = 4  # noise is quantised to multiples of this: keeps the PNGs ~30 % smaller
@@ -1038,11 +1041,8 @@ def _check_families(families: Iterable[str] | None) -> list[str]:
     return names
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def _image_path(split: str, family: str, index: int) -> str:
+    return f"images/{split}/{family}/{family}-{split}-{index:05d}.png"
 
 
 def _json_bytes(obj) -> bytes:
@@ -1070,8 +1070,8 @@ def _make_item(task: _Task) -> dict:
     fam = FAMILIES[family]
     s = _draw_item(fam, seed, split, index, attempt, qtype, answer, size_range, min_long, _Opts(tile_size=tile_size))
     rid = f"{family}-{split}-{index:05d}"
-    rel = f"images/{split}/{family}/{rid}.png"
-    _atomic_write(Path(out_dir) / rel, _png_bytes(s.image))
+    rel = _image_path(split, family, index)
+    fsio.atomic_write(Path(out_dir) / rel, _png_bytes(s.image), durable=False)  # redrawn if lost
     record = {
         "id": rid,
         "image": rel,
@@ -1138,7 +1138,9 @@ def generate_benchmark(out_dir: str | os.PathLike, *, train_per_family: int, tes
     :func:`lowres_separability` measurement). ``min_long_side`` (default 2·``tile_size``) keeps
     the low-resolution path a reduction by at least 2, where the fine patterns vanish exactly.
     Every file is written to a temporary name and renamed, so an interrupted run leaves no torn
-    file and no ``benchmark.json``; PNGs of an earlier, different request are removed.
+    file and no ``benchmark.json``. The folder is the generator's own (``fsio.OwnedFolder``): a
+    folder holding files it did not write is refused, and of an earlier, larger request only the
+    images it wrote itself are removed.
     The output does not depend on ``num_workers``.
     """
     for name, n in (("train_per_family", train_per_family), ("test_per_family", test_per_family)):
@@ -1157,6 +1159,8 @@ def generate_benchmark(out_dir: str | os.PathLike, *, train_per_family: int, tes
         "tile_size": int(tile_size), "separability_samples": int(separability_samples),
     }
     meta_path = out_dir / "benchmark.json"
+    folder = fsio.OwnedFolder(out_dir, OWNER, adopt=_files_of_an_earlier_version)
+    folder.claim()  # refuses a folder holding files the generator did not write
     if not force and meta_path.is_file():
         try:
             old = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -1168,6 +1172,9 @@ def generate_benchmark(out_dir: str | os.PathLike, *, train_per_family: int, tes
         meta_path.unlink()  # the directory is about to change: never leave a stale description
     if num_workers is None:
         num_workers = min(4, os.cpu_count() or 1)
+    folder.record(JSON_FILES + tuple(_image_path(split, fam, i) for split, n in
+                                     (("train", train_per_family), ("test", test_per_family))
+                                     for fam in names for i in range(n)))
 
     counts = {"train": int(train_per_family), "test": int(test_per_family)}
     results: dict[str, list[dict]] = {}
@@ -1197,16 +1204,9 @@ def generate_benchmark(out_dir: str | os.PathLike, *, train_per_family: int, tes
     assert not train_pairs & test_pairs
 
     for split in SPLITS:
-        _atomic_write(out_dir / f"{split}.json", _json_bytes([it["record"] for it in results[split]]))
+        fsio.atomic_write(out_dir / f"{split}.json", _json_bytes([it["record"] for it in results[split]]))
     keep = {it["record"]["image"] for split in SPLITS for it in results[split]}
-    images_root = out_dir / "images"
-    for path in sorted(images_root.rglob("*")):
-        rel = path.relative_to(out_dir).as_posix()
-        if path.is_file() and (path.suffix == ".png" or path.name.endswith(".tmp")) and rel not in keep:
-            path.unlink()
-    for name in ("train.json", "test.json", "benchmark.json"):  # leftovers of an interrupted run
-        for path in out_dir.glob(f".{name}.*.tmp"):
-            path.unlink()
+    folder.prune(keep | set(JSON_FILES))  # images of an earlier, larger request; never a file of anyone else
 
     fams = {fam: FAMILIES[fam] for fam in names}
     meta = {
@@ -1230,5 +1230,18 @@ def generate_benchmark(out_dir: str | os.PathLike, *, train_per_family: int, tes
                          if separability_samples > 0 else None),
         "files": {"train": "train.json", "test": "test.json", "images": "images"},
     }
-    _atomic_write(meta_path, _json_bytes(meta))
+    fsio.atomic_write(meta_path, _json_bytes(meta))
     return BenchmarkInfo(out_dir, meta, regenerated=True)
+
+
+def _files_of_an_earlier_version(out_dir: Path) -> set[str] | None:
+    """The files a generator older than the ownership marker wrote into ``out_dir`` (or ``None``):
+    its three JSON files and the images they name."""
+    try:
+        meta = json.loads((out_dir / "benchmark.json").read_text(encoding="utf-8"))
+        if not (isinstance(meta, dict) and "params" in meta and "version" in meta):
+            return None
+        images = {r["image"] for split in SPLITS for r in read_records(out_dir / f"{split}.json")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return set(JSON_FILES) | images

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..model.loading import DTYPES, load_model  # noqa: F401  (re-exported for the lmms-eval plugin)
 from .benchmarks import get_benchmark, prediction_row
 from .benchmarks.base import BenchmarkDataError, EvalSample
 from .score import read_predictions
@@ -51,10 +53,10 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_FILE = "predictions.jsonl"
 SCORES_FILE = "scores.json"
 RUN_FILE = "run.json"
+REPLACED_PREFIX = ".replaced-"  # an --overwrite run's predecessor, kept until the new run completes
 # Fields of run.json that must match for a resume: answers of another model, benchmark or
 # decoding budget must not be mixed into one file.
 RUN_IDENTITY = ("benchmark", "data", "model_id", "max_new_tokens", "benchmark_options")
-DTYPES = ("float32", "bfloat16", "float16")
 MAX_SKIP_EXAMPLES = 20
 
 
@@ -219,23 +221,6 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 # --- the run --------------------------------------------------------------------------------------
 
 
-def load_model(model_dir: str | os.PathLike, device: str | None = None, dtype: str | None = None):
-    """``(model, processor)`` from a saved model directory, in eval mode on ``device``."""
-    import torch
-
-    from ..model import HiResVLM, HiResVLMProcessor
-
-    if not Path(model_dir).is_dir():
-        raise FileNotFoundError(f"model directory not found: {os.fspath(model_dir)!r}")
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
-    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = HiResVLM.from_pretrained(model_dir, **kwargs).to(device).eval()
-    processor = HiResVLMProcessor.from_pretrained(model_dir)
-    return model, processor
-
-
 def _check_resume(out_dir: Path, identity: dict[str, Any]) -> None:
     run_file = out_dir / RUN_FILE
     if not run_file.exists():
@@ -298,16 +283,13 @@ def evaluate(
         model_id = model_id or (default_model_id(name_or_path) if name_or_path else "hires-vlm")
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     pred_path = out / PREDICTIONS_FILE
     identity = {"benchmark": benchmark, "data": os.path.abspath(os.fspath(data)), "model_id": model_id,
                 "max_new_tokens": max_new_tokens, "benchmark_options": options}
-    if overwrite:
-        for name in (PREDICTIONS_FILE, SCORES_FILE, RUN_FILE):
-            (out / name).unlink(missing_ok=True)
-    else:
+    if not overwrite:
         _check_resume(out, identity)
 
+    # Every input is checked (benchmark data above, the model here) before an old result is touched.
     if model_path is not None:
         net, processor = load_model(model_path, device, dtype)
     else:
@@ -319,6 +301,9 @@ def evaluate(
 
             net = net.to(getattr(torch, dtype))
         net.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        _set_aside(out)  # deleted only once this run has written its scores
     write_json_atomic(out / RUN_FILE, {**identity, "model": model_path, "batch_size": batch_size, "limit": limit})
 
     answered, cut = read_answered(pred_path)
@@ -396,7 +381,22 @@ def evaluate(
     report.update(_score(spec, bench, selected, pred_path))
     report["seconds"] = round(time.time() - start, 3)
     write_json_atomic(out / SCORES_FILE, report)
+    for old in out.glob(f"{REPLACED_PREFIX}*"):
+        shutil.rmtree(old, ignore_errors=True)
     return report
+
+
+def _set_aside(out: Path) -> None:
+    """Move an earlier run's files into ``out/.replaced-<time>/`` (``--overwrite``); the run that
+    completes deletes them, so a run that fails or is killed loses nothing."""
+    present = [name for name in (PREDICTIONS_FILE, SCORES_FILE, RUN_FILE) if (out / name).exists()]
+    if not present:
+        return
+    aside = out / f"{REPLACED_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    aside.mkdir()
+    for name in present:
+        os.replace(out / name, aside / name)
+    logger.warning("--overwrite: the earlier results are in %s until this run completes", aside)
 
 
 def _score(spec, bench, selected: list[EvalSample], pred_path: Path) -> dict[str, Any]:

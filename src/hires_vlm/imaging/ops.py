@@ -23,6 +23,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Pixels above which an image is refused. Pillow warns at ~89M and refuses at ~179M pixels; we
 # refuse clearly instead of letting a decompression bomb eat the host's memory.
 MAX_IMAGE_PIXELS = 178_956_970
+# Longest side an image is worked on at. The pixel limit alone does not bound memory: a 1 x 89M
+# image is within it, but padding it to a square, or squashing it to S x S (Pillow resizes one axis
+# at a time, so the intermediate is S x 89M), needs tens of GB. A longer image is first reduced,
+# aspect kept, so that its long side is this (antialiased bicubic); every later buffer is then at
+# most MAX_WORKING_SIDE² pixels (a pad-to-square canvas: 192 MiB of uint8). The official LLaVA /
+# SliME / INF-LLaVA code has no such step (and runs out of memory on those images); below the
+# bound — every photo up to 8192 px, 67 MP — the pixels are theirs.
+MAX_WORKING_SIDE = 8192
+# Longest side a file may have. Pillow keeps one pointer per row, so a 1 x 89M PNG (173 KB on disk,
+# within the pixel limit) costs 1.8 GB to decode; past this side a file is refused before decoding.
+MAX_IMAGE_SIDE = 65_536
 EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = frozenset(range(2, 9))  # 1 (or none) is upright; 5–8 swap width and height
 
@@ -46,6 +57,11 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
                         f"image {path!r} has {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}; "
                         "downscale it first or raise max_pixels"
                     )
+                if max(w, h) > MAX_IMAGE_SIDE:
+                    raise ImageLoadError(
+                        f"image {path!r} is {w}x{h}: a side longer than {MAX_IMAGE_SIDE} px cannot be decoded in "
+                        "bounded memory; crop or downscale it first"
+                    )
                 img.load()
                 return to_rgb(img)
     except ImageLoadError:
@@ -62,7 +78,8 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     Transparency (RGBA, LA, P with a transparent index) is composited over ``background``
     (white, as transformers does); 16- and 32-bit greyscale (I;16, I, F) is rescaled to 0–255
     from its own range instead of being clipped; CMYK, YCbCr, LAB, HSV and 1-bit go through
-    Pillow's converters.
+    Pillow's converters. An image longer than :data:`MAX_WORKING_SIDE` is reduced to it
+    (:func:`working_size`), so that no later step needs unbounded memory.
     """
     # exif_transpose copies the whole image even when there is nothing to turn; look first.
     if _orientation(img) in _TRANSPOSING_ORIENTATIONS:
@@ -70,6 +87,28 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
             img = ImageOps.exif_transpose(img)
         except Exception:  # a broken EXIF block must not lose the image
             pass
+    return _bounded(_to_rgb_mode(img, background))
+
+
+def working_size(size: Sequence[int], max_side: int = MAX_WORKING_SIDE) -> tuple[int, int]:
+    """The (width, height) an image of ``size`` is worked on at: itself, or reduced (aspect kept, each
+    side at least 1 px) so that its long side is ``max_side``."""
+    w, h = int(size[0]), int(size[1])
+    if max(w, h) <= max_side:
+        return w, h
+    if w >= h:
+        return max_side, max(1, round(h * max_side / w))
+    return max(1, round(w * max_side / h)), max_side
+
+
+def _bounded(img: Image.Image) -> Image.Image:
+    size = working_size(img.size)
+    # reducing_gap: a box reduction by an integer factor first, so that the bicubic kernel of a
+    # 10 000-fold reduction is never built (Pillow refuses it with MemoryError).
+    return img if size == img.size else img.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def _to_rgb_mode(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
@@ -100,10 +139,10 @@ def _orientation(img: Image.Image) -> int:
 
 
 def upright_size(img: Image.Image) -> tuple[int, int]:
-    """(width, height) that :func:`to_rgb` gives this image (EXIF orientations 5–8 swap the sides),
-    without converting any pixel."""
+    """(width, height) that :func:`to_rgb` gives this image (EXIF orientations 5–8 swap the sides,
+    :func:`working_size` bounds the long side), without converting any pixel."""
     w, h = img.size
-    return (h, w) if _orientation(img) in (5, 6, 7, 8) else (w, h)
+    return working_size((h, w) if _orientation(img) in (5, 6, 7, 8) else (w, h))
 
 
 def mean_fill(mean: Sequence[float]) -> tuple[int, int, int]:

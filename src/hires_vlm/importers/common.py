@@ -10,17 +10,15 @@ model; :func:`write_model_dir` saves it atomically with its processor.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig, GenerationConfig, PreTrainedConfig
 
+from .. import fsio
 from ..build import DTYPES, infer_template, load_vision_tower, vision_config_of
 from ..imaging import CLIP_MEAN, CLIP_STD
 from ..methods import MethodConfig
@@ -352,26 +350,9 @@ def assemble(spec: ImportSpec, dtype: str | torch.dtype | None = None) -> Import
 
 
 def write_model_dir(result: ImportResult, out: str, overwrite: bool = False) -> str:
-    """Save model + processor + ``import_report.json`` into ``out`` atomically (temp dir, then ``os.replace``)."""
-    out = os.path.abspath(out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    if os.path.exists(out) and not overwrite and (not os.path.isdir(out) or os.listdir(out)):
-        raise ValueError(f"output {out!r} already exists; choose another --out or pass --overwrite")
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.import-", dir=parent)
-    try:
+    """Save model + processor + ``import_report.json`` into ``out`` atomically (see :func:`fsio.staged_dir`)."""
+    with fsio.staged_dir(out, overwrite=overwrite) as tmp:
         result.model.save_pretrained(tmp)
         result.processor.save_pretrained(tmp)
-        with open(os.path.join(tmp, REPORT_FILE), "w") as f:
-            json.dump(result.report(), f, indent=2)
-        if os.path.exists(out):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
-            os.replace(out, os.path.join(old, "x"))
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        fsio.atomic_write_json(tmp / REPORT_FILE, result.report())
+    return os.path.abspath(out)

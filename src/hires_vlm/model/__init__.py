@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModel
 
 from .configuration import HiResVLMConfig
+from .loading import check_model_dir, load_model
 from .modeling import HiResVLM, HiResVLMOutput, HiResVLMPreTrainedModel, MergedInputs
 from .processing import HiResVLMProcessor
 
@@ -10,4 +11,4 @@ AutoConfig.register(HiResVLMConfig.model_type, HiResVLMConfig, exist_ok=True)
 AutoModel.register(HiResVLMConfig, HiResVLM, exist_ok=True)
 
 __all__ = ["HiResVLM", "HiResVLMConfig", "HiResVLMOutput", "HiResVLMPreTrainedModel", "HiResVLMProcessor",
-           "MergedInputs"]
+           "MergedInputs", "check_model_dir", "load_model"]

@@ -23,6 +23,7 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig, PreT
 from transformers import initialization as hf_init
 from transformers.utils import ModelOutput
 
+from .. import compat
 from ..imaging import CutRecord, HiResImageProcessor, ImagingSpec
 from ..methods import Dims, TextContext, VisualMethod, build_method, resolve_method_config
 from ..text import IGNORE_INDEX
@@ -30,11 +31,11 @@ from ..vision import VisionTower
 from .configuration import HiResVLMConfig
 
 
-@dataclass
+@compat.model_output
 class HiResVLMOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: Any = None
+    cache: Any = None  # the LM's KV cache; ``past_key_values`` on transformers < 5.24 (see compat)
     hidden_states: tuple | None = None
     attentions: tuple | None = None
     labels: torch.LongTensor | None = None  # labels after image expansion (aligned with logits)
@@ -61,7 +62,7 @@ class HiResVLMPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _skip_keys_device_placement = "past_key_values"
+    _skip_keys_device_placement = [compat.CACHE_NAME]
 
     def _init_weights(self, module):
         # Connector modules that need a specific initialisation (zero gates, scaled newline, …)
@@ -265,11 +266,13 @@ class HiResVLM(HiResVLMPreTrainedModel):
         image_sizes: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> HiResVLMOutput:
+        """The LM's forward over the merged sequence; the KV cache comes in as ``cache`` or
+        ``past_key_values`` (either transformers naming) and goes out under the installed one's."""
+        cache = compat.pop_cache(kwargs)
         merged = None
         if inputs_embeds is None and input_ids is not None and (
             (input_ids == self.config.image_token_id).any() or image_sizes is not None or self.training
@@ -281,16 +284,16 @@ class HiResVLM(HiResVLMPreTrainedModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
+            **compat.cache_kwargs(cache),
             **kwargs,
         )
         return HiResVLMOutput(
             loss=out.loss,
             logits=out.logits,
-            past_key_values=out.past_key_values,
+            **compat.cache_kwargs(compat.cache_of(out)),
             hidden_states=getattr(out, "hidden_states", None),
             attentions=getattr(out, "attentions", None),
             labels=labels,

@@ -26,12 +26,8 @@ def add_image_token(tokenizer) -> int:
     """
     vocab = tokenizer.get_vocab()
     if IMAGE_PLACEHOLDER not in vocab:
-        try:  # transformers 5 renamed the keyword
-            tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]},
-                                         replace_extra_special_tokens=False)
-        except TypeError:
-            tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]},
-                                         replace_additional_special_tokens=False)
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]},
+                                     replace_extra_special_tokens=False)
     ids = tokenizer(IMAGE_PLACEHOLDER, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         raise ValueError(f"the tokenizer splits {IMAGE_PLACEHOLDER!r} into {ids}; it must be one special token")

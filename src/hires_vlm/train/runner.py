@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import yaml
 
+from .. import compat
 from .config import ConfigError, StageSpec, TrainConfig, validate
 
 logger = logging.getLogger("hires_vlm.train")
@@ -333,8 +334,7 @@ def training_arguments(cfg: TrainConfig, stage: StageSpec, stage_dir: str, lrs: 
         label_names=["labels"],
         save_strategy="steps",
         logging_strategy="steps",
-        activation_checkpointing=gc,
-        activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        **compat.checkpointing_arguments(gc, use_reentrant=False),
         dataloader_pin_memory=cuda,
         ddp_backend=None if cuda else ("gloo" if world > 1 else None),
         ddp_find_unused_parameters=t.pop("ddp_find_unused_parameters", True if world > 1 else None),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ... import fsio
 from ..scorers.common import qid_key
 from .base import Benchmark, EvalSample
 
@@ -51,5 +53,23 @@ class Collector:
         if annotation is not None:
             self.annotations[qid] = annotation
 
-    def build(self, name: str, root: Path, scorer: Callable[..., dict]) -> Benchmark:
-        return Benchmark(name, root, self.samples, self.annotations, scorer, self.skipped)
+    def build(self, name: str, root: Path, scorer: Callable[..., dict], image_roots=()) -> Benchmark:
+        """The benchmark; a sample whose image file lies outside ``root`` and ``image_roots`` (the
+        folders the user gave) is skipped and counted — the package's one path rule (``fsio``)."""
+        roots = [root, *image_roots]
+        kept = []
+        for sample in self.samples:
+            paths = [s for s in [sample.image, *sample.extra_images] if isinstance(s, (str, os.PathLike))]
+            if all(_inside(p, roots) for p in paths):
+                kept.append(sample)
+            else:
+                self.skip("image path outside the data folder")
+                self.annotations.pop(qid_key(sample.question_id), None)
+        return Benchmark(name, root, kept, self.annotations, scorer, self.skipped)
+
+
+def _inside(path, roots) -> bool:
+    try:
+        return "\x00" not in os.fspath(path) and fsio.is_inside(path, roots)
+    except (ValueError, OSError):
+        return False

@@ -54,4 +54,4 @@ def load_seedbench(path: str | Path, *, image_dir: str | Path | None = None) -> 
             EvalSample(qid, images / data_id, multiple_choice_prompt(question, options), meta),
             ChoiceAnnotation(options, answer, category),
         )
-    return c.build("seedbench", root, score_seedbench)
+    return c.build("seedbench", root, score_seedbench, image_roots=[images])

@@ -69,7 +69,7 @@ def load_textvqa(path: str | Path, *, image_dir: str | Path | None = None, with_
             continue
         meta = {"image_id": image_id, "split": rec.get("set_name")}
         c.add(EvalSample(str(qid), images / f"{image_id}.jpg", short_answer_prompt(prompt), meta), ann)
-    return c.build("textvqa", root, score_textvqa)
+    return c.build("textvqa", root, score_textvqa, image_roots=[images])
 
 
 _VQAV2_QUESTIONS = re.compile(r"v2_OpenEnded_mscoco_(.+)_questions\.json$")
@@ -141,7 +141,7 @@ def load_vqav2(
             c.skip("'image_id' is not a number")
             continue
         c.add(EvalSample(qid, image, short_answer_prompt(question), {"image_id": image_id}), answers.get(qid))
-    return c.build("vqav2", root, score_vqav2)
+    return c.build("vqav2", root, score_vqav2, image_roots=[images])
 
 
 def load_gqa(path: str | Path, *, image_dir: str | Path | None = None) -> Benchmark:
@@ -165,4 +165,4 @@ def load_gqa(path: str | Path, *, image_dir: str | Path | None = None) -> Benchm
             continue
         sample = EvalSample(str(qid), images / f"{image_id}.jpg", short_answer_prompt(question), {"image_id": image_id})
         c.add(sample, ann)
-    return c.build("gqa", root, score_gqa)
+    return c.build("gqa", root, score_gqa, image_roots=[images])

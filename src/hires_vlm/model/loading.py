@@ -1,0 +1,48 @@
+"""Load a saved model directory for inference, with errors that name the directory and the fix.
+
+One function for every command that reads a model (``generate``, ``eval``, the lmms-eval plugin,
+``inspect --route``): a missing folder, a folder without ``config.json`` or without weights, or
+weights that are not safetensors are reported before transformers is asked, so the user sees
+what is wrong with *their* folder instead of a hub lookup error.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DTYPES = ("float32", "bfloat16", "float16")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def check_model_dir(model_dir: str | os.PathLike) -> Path:
+    """``model_dir`` as a path, if it holds a hires-vlm model; else a clear ``FileNotFoundError``."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory not found: {os.fspath(model_dir)!r}")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{os.fspath(model_dir)!r} has no config.json: it is not a saved model (give the "
+                                "folder written by hires-vlm train/build/import, e.g. <run>/<stage>/final)")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        legacy = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt*")]
+        hint = (f"; it has {', '.join(sorted(legacy)[:3])}, which are not read (pickle): convert them with "
+                "hires-vlm import" if legacy else "; was the training or saving interrupted?")
+        raise FileNotFoundError(f"{os.fspath(model_dir)!r} has no weights (model.safetensors){hint}")
+    return path
+
+
+def load_model(model_dir: str | os.PathLike, device: str | None = None, dtype: str | None = None):
+    """``(model, processor)`` from a saved model directory, in eval mode on ``device``."""
+    import torch
+
+    from .modeling import HiResVLM
+    from .processing import HiResVLMProcessor
+
+    path = check_model_dir(model_dir)
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = HiResVLM.from_pretrained(path, **kwargs).to(device).eval()
+    processor = HiResVLMProcessor.from_pretrained(path)
+    return model, processor
