@@ -259,3 +259,75 @@ def resolve_inside(root: str | os.PathLike, rel: str, what: str = "image path") 
     if not is_inside(full, [root]):
         raise PathOutsideError(f"{what} {rel!r} points outside {os.fspath(root)!r}")
     return full
+
+
+# ---------------------------------------------------------------------- JSON files of records
+class DataFileError(ValueError):
+    """A data file cannot be read as a whole; the message names the file and the fix."""
+
+
+def read_json_file(path: str | os.PathLike) -> Any:
+    """A whole JSON file (a UTF-8 BOM is accepted), with errors that name the file.
+
+    Truncated or malformed JSON, bytes that are not UTF-8 and nesting too deep for the parser are
+    :class:`DataFileError` s, never a traceback.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {os.fspath(path)!r}")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataFileError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        hint = " — the file ends early (truncated?)" if err.pos >= len(text.rstrip()) else ""
+        raise DataFileError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
+                            f"{hint}") from None
+    except RecursionError:
+        raise DataFileError(f"{path} nests JSON deeper than the parser allows; records are flat objects") from None
+
+
+def iter_jsonl(path: str | os.PathLike, bad: dict | None = None) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of every non-empty line of a JSON Lines file.
+
+    A line that is not UTF-8, not JSON or nested too deep is skipped and counted in ``bad``
+    (reason → count) — one broken line never loses the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {os.fspath(path)!r}")
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            try:
+                yield n, json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                reason = "line is not UTF-8"
+            except json.JSONDecodeError:
+                reason = "line is not valid JSON"
+            except RecursionError:
+                reason = "line nests JSON too deep"
+            else:
+                continue
+            if bad is not None:
+                bad[reason] = bad.get(reason, 0) + 1
+
+
+def read_records_file(path: str | os.PathLike, bad: dict | None = None) -> list:
+    """A JSON list (``[...]``) or a JSON Lines file, by its first non-blank character."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {os.fspath(path)!r}")
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
+    if head.startswith(b"["):
+        data = read_json_file(path)
+        if not isinstance(data, list):
+            raise DataFileError(f"{path} must hold a JSON list of records")
+        return data
+    return [value for _, value in iter_jsonl(path, bad)]

@@ -5,15 +5,24 @@ Record format (LLaVA's ``docs/Finetune_Custom_Data.md``)::
     {"id": "...", "image": "relative/path.png" (or a list, or absent for text-only),
      "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt", "value": "..."}]}
 
-Image paths are relative to an image folder; a path that resolves outside it is refused. A bad
-sample (missing/corrupt image, placeholder mismatch, too long, malformed) is skipped: it is
-counted by reason, logged once, and another sample is served in its place, so a long job never
-dies on one file.
+Image paths are relative to an image folder; a path that resolves outside it is refused
+(``fsio.resolve_inside``, the rule of every loader). Bad records never stop a job, and none is
+replaced by a copy of another:
+
+* **screened** when the dataset is made (:func:`screen_record`, no image decoded): records that are
+  not objects, malformed conversations, text that is not valid Unicode, ``<image>`` outside user
+  turns, placeholder counts that differ from the images, image paths that are not strings, leave
+  the folder or name no file. They are left out of the index, counted by reason with examples —
+  the same every time, so a resumed run counts them alike.
+* **at load** (an image that does not decode, a sample too long once its images are cut): the
+  dataset returns a :class:`SkippedSample` and the collator drops it, so that batch is one sample
+  shorter. Only a batch whose every sample failed is given the next usable record instead (said in
+  the log); the trainer counts these records (``skipped_records``) and keeps the count in its
+  checkpoints.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -25,6 +34,7 @@ from torch.utils.data import Dataset
 from .. import fsio
 from ..imaging import ImageLoadError, load_image
 from ..text import IGNORE_INDEX, ConversationEncoder, ConversationError, get_template
+from ..text.conversation import PlaceholderMismatchError, count_placeholders, parse_turns
 
 logger = logging.getLogger(__name__)
 
@@ -37,35 +47,14 @@ class SampleError(ValueError):
         self.kind = kind
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """A JSON list or JSONL file of records. Bad JSONL lines are skipped with a warning."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file not found: {path!r}")
-    with open(path, encoding="utf-8") as f:
-        head = f.read(1)
-        while head and head.isspace():
-            head = f.read(1)
-        f.seek(0)
-        if head == "[":
-            data = json.load(f)
-            if not isinstance(data, list):
-                raise ValueError(f"{path!r} must hold a JSON list of records")
-            return data
-        records, bad = [], 0
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                bad += 1
-                if bad <= 3:
-                    logger.warning("skipping malformed JSONL line %d of %s", n, path)
-        if bad:
-            logger.warning("%d malformed line(s) skipped in %s", bad, path)
-        return records
+def read_records(path: str | os.PathLike) -> list:
+    """A JSON list or JSONL file of records (``fsio.read_records_file``); bad JSONL lines are skipped
+    with a warning that counts them."""
+    bad: dict[str, int] = {}
+    records = fsio.read_records_file(path, bad)
+    if bad:
+        logger.warning("%s: %d line(s) skipped: %s", os.fspath(path), sum(bad.values()), bad)
+    return records
 
 
 def resolve_image_path(image_folder: str, rel: str) -> str:
@@ -76,6 +65,50 @@ def resolve_image_path(image_folder: str, rel: str) -> str:
         return fsio.resolve_inside(image_folder, rel)
     except fsio.PathOutsideError as err:
         raise SampleError("path_escape", f"{err} (the image folder)") from err
+
+
+def record_images(rec: dict) -> list[str]:
+    """The image paths of a record (``image``: absent, a string or a list of strings)."""
+    rel = rec.get("image")
+    if rel is None:
+        return []
+    rels = [rel] if isinstance(rel, str) else rel
+    if not isinstance(rels, list) or not all(isinstance(r, str) for r in rels):
+        raise SampleError("bad_record", f"'image' must be a path string or a list of them, got {rel!r:.80}")
+    return rels
+
+
+def screen_record(rec, image_folder: str) -> None:
+    """Check one record without decoding an image; :class:`SampleError` says why it is unusable."""
+    if not isinstance(rec, dict):
+        raise SampleError("bad_record", f"the record is a JSON {type(rec).__name__}, not an object")
+    try:
+        parse_turns(rec.get("conversations"))
+    except PlaceholderMismatchError as exc:
+        raise SampleError("placeholder_mismatch", str(exc)) from exc
+    except ConversationError as exc:
+        raise SampleError("bad_conversation", str(exc)) from exc
+    rels = record_images(rec)
+    n = count_placeholders(rec["conversations"])
+    if n != len(rels):
+        raise SampleError("placeholder_mismatch", f"{n} <image> placeholder(s) but {len(rels)} image(s)")
+    for r in rels:
+        if not os.path.isfile(resolve_image_path(image_folder, r)):
+            raise SampleError("missing_image", f"image file not found: {r!r} in {image_folder!r}")
+
+
+def _record_name(rec, index: int) -> str:
+    rid = rec.get("id") if isinstance(rec, dict) else None
+    return f"record {index}" + (f" (id {str(rid)[:60]!r})" if rid is not None else "")
+
+
+@dataclass
+class SkippedSample:
+    """What ``LlavaDataset[i]`` returns for a record that failed to load; the collator drops it."""
+
+    index: int  # position of the record in the data file
+    kind: str
+    message: str
 
 
 @dataclass
@@ -90,31 +123,49 @@ class LlavaDataset(Dataset):
     """Lazily loaded LLaVA conversation data for one processor and template."""
 
     def __init__(self, records: list[dict] | str, image_folder: str, processor, template: str | None = None,
-                 max_length: int | None = None, max_retries: int = 10):
+                 max_length: int | None = None, max_retries: int = 10, progress: bool = False):
+        self.source = os.fspath(records) if isinstance(records, (str, os.PathLike)) else "records"
         self.records = read_records(records) if isinstance(records, (str, os.PathLike)) else list(records)
         if not self.records:
-            raise ValueError("the dataset is empty")
+            raise ValueError(f"the dataset {self.source!r} is empty")
         self.image_folder = os.fspath(image_folder)
         self.processor = processor
         tmpl = get_template(template or processor.template.name)
         self.encoder = ConversationEncoder(processor.tokenizer, tmpl, processor.config.image_token_id,
                                            max_length if max_length is not None else processor.config.max_length)
         self.max_retries = max_retries
-        self.skipped: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()  # records that failed to load, by reason (this process)
         self.truncated_turns = 0
+        self.screened: Counter[str] = Counter()  # records left out when the dataset was made, by reason
+        self.screen_examples: list[dict] = []
+        self.index: list[int] = []
+        from tqdm.auto import tqdm
+
+        for i in tqdm(range(len(self.records)), desc="screening records", unit="rec",
+                      disable=not progress or len(self.records) < 10_000):
+            try:
+                screen_record(self.records[i], self.image_folder)
+                self.index.append(i)
+            except SampleError as exc:
+                self.screened[exc.kind] += 1
+                if len(self.screen_examples) < 20:
+                    self.screen_examples.append({"record": i, "reason": exc.kind, "message": str(exc)})
+        if self.screened:
+            logger.warning("%s: %d of %d records left out: %s", self.source, sum(self.screened.values()),
+                           len(self.records), dict(self.screened))
+        if not self.index:
+            raise ValueError(f"no usable record in {self.source!r} ({dict(self.screened)}); first: "
+                             f"{self.screen_examples[0]['message'] if self.screen_examples else '-'}")
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.index)
 
     def load(self, index: int) -> Sample:
-        """Encode one record or raise :class:`SampleError` saying why not."""
+        """Encode record ``index`` (of the file) or raise :class:`SampleError` saying why not."""
         rec = self.records[index]
-        if not isinstance(rec, dict) or "conversations" not in rec:
-            raise SampleError("bad_record", f"record {index} has no 'conversations'")
-        rel = rec.get("image")
-        rels = [] if rel is None else ([rel] if isinstance(rel, str) else list(rel))
+        screen_record(rec, self.image_folder)
         images = []
-        for r in rels:
+        for r in record_images(rec):
             path = resolve_image_path(self.image_folder, r)
             try:
                 images.append(load_image(path))
@@ -130,7 +181,7 @@ class LlavaDataset(Dataset):
         except ConversationError as exc:
             kind = {"PlaceholderMismatchError": "placeholder_mismatch",
                     "SequenceTooLongError": "too_long"}.get(type(exc).__name__, "bad_conversation")
-            raise SampleError(kind, f"record {index} ({rec.get('id', '?')}): {exc}") from exc
+            raise SampleError(kind, f"{_record_name(rec, index)}: {exc}") from exc
         if enc.dropped_turns:
             self.truncated_turns += enc.dropped_turns
         pixel_values = image_sizes = None
@@ -142,29 +193,35 @@ class LlavaDataset(Dataset):
         return Sample(torch.tensor(enc.input_ids, dtype=torch.long), torch.tensor(enc.labels, dtype=torch.long),
                       pixel_values, image_sizes)
 
-    def __getitem__(self, index: int) -> dict:
-        n = len(self.records)
-        for attempt in range(self.max_retries + 1):
-            i = (index + attempt) % n
-            try:
-                s = self.load(i)
-                return {"input_ids": s.input_ids, "labels": s.labels, "pixel_values": s.pixel_values,
-                        "image_sizes": s.image_sizes}
-            except SampleError as exc:
-                self.skipped[exc.kind] += 1
-                if self.skipped[exc.kind] <= 5:
-                    logger.warning("skipping sample %d (%s): %s", i, exc.kind, exc)
-        raise RuntimeError(
-            f"{self.max_retries + 1} samples in a row from index {index} could not be used "
-            f"(skips so far: {dict(self.skipped)}); check the data file and the image folder"
-        )
+    def __getitem__(self, pos: int) -> dict | SkippedSample:
+        i = self.index[pos]
+        try:
+            s = self.load(i)
+        except SampleError as exc:
+            self.skipped[exc.kind] += 1
+            if self.skipped[exc.kind] <= 5:
+                logger.warning("skipping %s (%s): %s", _record_name(self.records[i], i), exc.kind, exc)
+            return SkippedSample(i, exc.kind, str(exc))
+        return {"input_ids": s.input_ids, "labels": s.labels, "pixel_values": s.pixel_values,
+                "image_sizes": s.image_sizes}
+
+    def first_usable(self, after_pos: int) -> dict:
+        """The first record after position ``after_pos`` (cyclically) that loads: the stand-in for a
+        batch whose every sample failed. Raises after ``max_retries`` more failures in a row."""
+        for k in range(1, self.max_retries + 2):
+            item = self[(after_pos + k) % len(self.index)]
+            if not isinstance(item, SkippedSample):
+                logger.warning("a whole batch failed to load; the record after it stands in for it")
+                return item
+        raise RuntimeError(f"{self.max_retries + 1} records in a row after position {after_pos} failed to load "
+                           f"(skips so far: {dict(self.skipped)}); check {self.source!r} and {self.image_folder!r}")
 
     def scan(self, progress: bool = True) -> Counter:
         """Try every sample once; return the count of usable samples and of each skip reason."""
         from tqdm.auto import tqdm
 
-        result: Counter[str] = Counter()
-        for i in tqdm(range(len(self.records)), desc="checking samples", disable=not progress):
+        result: Counter[str] = Counter(self.screened)
+        for i in tqdm(self.index, desc="checking samples", disable=not progress):
             try:
                 self.load(i)
                 result["ok"] += 1
@@ -174,12 +231,31 @@ class LlavaDataset(Dataset):
 
 
 class LlavaCollator:
-    """Right-pads ids (pad token) and labels (−100); concatenates the views of all images."""
+    """Right-pads ids (pad token) and labels (−100); concatenates the views of all images.
 
-    def __init__(self, pad_token_id: int):
+    :class:`SkippedSample` items are dropped and listed under ``skipped_records`` ((record, reason)
+    pairs; the trainer removes the key before the forward pass). A batch of nothing but skipped
+    samples gets ``dataset.first_usable`` instead, when the collator knows the dataset.
+    """
+
+    def __init__(self, pad_token_id: int, dataset: "LlavaDataset | None" = None):
         self.pad_token_id = int(pad_token_id)
+        self.dataset = dataset
 
-    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: list) -> dict:
+        skipped = [b for b in batch if isinstance(b, SkippedSample)]
+        batch = [b for b in batch if not isinstance(b, SkippedSample)]
+        if not batch:
+            if self.dataset is None:
+                raise RuntimeError(f"every sample of the batch failed to load: {[s.message for s in skipped]}")
+            after = max(self.dataset.index.index(s.index) for s in skipped)
+            batch = [self.dataset.first_usable(after)]
+        out = self._pad(batch)
+        if skipped:
+            out["skipped_records"] = [(s.index, s.kind) for s in skipped]
+        return out
+
+    def _pad(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(b["input_ids"]) for b in batch)
         n = len(batch)
         input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)

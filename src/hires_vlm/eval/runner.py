@@ -336,7 +336,9 @@ def evaluate(
                         if len(skip_examples) < MAX_SKIP_EXAMPLES:
                             skip_examples.append({"question_id": sample.question_id, "reason": err.reason,
                                                   "message": str(err)})
-                        logger.warning("skipping %s", err)
+                        if skipped[err.reason] <= 3:  # the report counts them all
+                            logger.warning("skipping %s%s", err, " (further ones of this kind: counted only)"
+                                           if skipped[err.reason] == 3 else "")
             rows = []
             if any(sample.question_id not in answered for sample, _ in ready):
                 texts = generate_texts(net, processor, [r for _, r in ready], max_new_tokens=max_new_tokens)

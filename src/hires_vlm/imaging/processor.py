@@ -97,6 +97,16 @@ class ImagingSpec:
         object.__setattr__(self, "std", tuple(float(x) for x in self.std))
         if self.tile_size < 1:
             raise ValueError(f"tile_size must be positive, got {self.tile_size}")
+        bad = [list(g) for g in self.grid_candidates if min(g) < 1]
+        if bad:
+            raise ValueError(f"grid_candidates must be (columns, rows) pairs of at least 1 tile, got {bad}")
+        if min(self.fixed_grid) < 1:
+            raise ValueError(f"fixed_grid must be at least 1x1 tiles, got {list(self.fixed_grid)}")
+        for name in ("max_cols", "max_rows", "max_tiles"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive per channel, got {list(self.std)}")
         if (self.local_tiles or self.strided_tiles) and self.grid_rule is GridRule.NONE:
             raise ValueError("tiles were asked for but grid_rule is 'none'")
         if self.grid_rule is GridRule.ANYRES and not self.grid_candidates:

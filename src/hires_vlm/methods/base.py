@@ -43,6 +43,8 @@ class MethodConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             _check_type(f"{self.name}.{f.name}", value, hints[f.name])
+        if type(self).imaging_spec is not MethodConfig.imaging_spec:
+            self.imaging_spec(14, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the geometry fields, checked by ImagingSpec
 
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name}

@@ -59,11 +59,19 @@ def parse_turns(conversations: list[dict]) -> tuple[str | None, list[tuple[str, 
         value = turn.get("value", turn.get("content"))
         if role is None or not isinstance(value, str):
             raise ConversationError(
-                f"turn {i} needs 'from' in human/gpt/system and a string 'value', got {sorted(turn)}"
+                f"turn {i} needs 'from' in human/gpt/system and a string 'value', got {sorted(map(str, turn))}"
             )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate ("\ud800") from a JSON escape
+            raise ConversationError(f"turn {i} holds text that is not valid Unicode ({err.reason} at "
+                                    f"character {err.start})") from None
         if role == "system":
             if i != 0:
                 raise ConversationError(f"a system turn may only come first (found at turn {i})")
+            if IMAGE_PLACEHOLDER in value:
+                raise PlaceholderMismatchError(f"turn {i}: a system turn contains {IMAGE_PLACEHOLDER!r}; images go "
+                                               "in user turns")
             system = value
         elif role == "user":
             if pending is not None:

@@ -38,6 +38,17 @@ TRAINING_KEYS = {
 
 LORA_KEYS = {"r", "alpha", "dropout", "target_modules", "lr"}
 
+_INT, _NUM, _BOOL = "an integer", "a number", "true or false"
+#: The type each training key must have (checked when the config is read, before any model is built).
+TRAINING_TYPES = {
+    **dict.fromkeys(["per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps",
+                     "save_steps", "save_total_limit", "dataloader_num_workers", "seed", "data_seed"], _INT),
+    **dict.fromkeys(["num_train_epochs", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm",
+                     "adam_beta1", "adam_beta2", "adam_epsilon"], _NUM),
+    **dict.fromkeys(["gradient_checkpointing", "bf16", "fp16", "tf32", "torch_compile", "group_by_length",
+                     "use_cpu", "disable_tqdm", "ddp_find_unused_parameters"], _BOOL),
+}
+
 
 class ConfigError(ValueError):
     pass
@@ -46,9 +57,25 @@ class ConfigError(ValueError):
 def _check_keys(where: str, d: dict, allowed: set[str]) -> None:
     if not isinstance(d, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(d).__name__}")
-    unknown = sorted(set(d) - allowed)
+    unknown = sorted(set(d) - allowed, key=str)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(allowed)}")
+
+
+def _check_training(where: str, d: dict) -> dict:
+    """Keys and value types of a ``training`` mapping; numbers written as strings are read as numbers."""
+    _check_keys(where, d, TRAINING_KEYS)
+    out = {}
+    for key, value in d.items():
+        kind = TRAINING_TYPES.get(key)
+        value = _number(value) if kind in (_INT, _NUM) else value
+        ok = {_INT: isinstance(value, int) and not isinstance(value, bool),
+              _NUM: isinstance(value, (int, float)) and not isinstance(value, bool),
+              _BOOL: isinstance(value, bool) or value is None, None: True}[kind]
+        if not ok:
+            raise ConfigError(f"{where}.{key} must be {kind}, got {value!r}")
+        out[key] = value
+    return out
 
 
 @dataclass
@@ -139,10 +166,12 @@ def apply_override(raw: dict, assignment: str) -> None:
                 node = node[int(part)]
             except (ValueError, IndexError):
                 raise ConfigError(f"--set {key}: {part!r} is not a valid index into a list of {len(node)}") from None
-        else:
+        elif isinstance(node, dict):
             if part not in node or node[part] is None:
                 node[part] = {}
             node = node[part]
+        else:
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:i]) or 'the config'} is {node!r}, not a mapping")
     last = parts[-1]
     if isinstance(node, list):
         try:
@@ -159,8 +188,11 @@ def from_dict(raw: dict, source_file: str | None = None) -> TrainConfig:
     _check_keys("the config", raw, {"run", "model", "data", "training", "stages"})
     run = raw.get("run") or {}
     _check_keys("run", run, {"output_dir", "seed"})
-    if not run.get("output_dir"):
-        raise ConfigError("run.output_dir is required (where checkpoints and the resolved config go)")
+    if not run.get("output_dir") or not isinstance(run["output_dir"], (str, os.PathLike)):
+        raise ConfigError("run.output_dir is required: a folder (where checkpoints and the resolved config go)")
+    seed = _number(run.get("seed", 0))
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"run.seed must be an integer, got {run.get('seed')!r}")
     model = raw.get("model") or {}
     _check_keys("model", model, {f.name for f in dataclasses.fields(ModelSpec)})
     mspec = ModelSpec(**model)
@@ -174,8 +206,7 @@ def from_dict(raw: dict, source_file: str | None = None) -> TrainConfig:
     data = raw.get("data") or {}
     _check_keys("data", data, {f.name for f in dataclasses.fields(DataSpec)})
     dspec = DataSpec(**data)
-    training = raw.get("training") or {}
-    _check_keys("training", training, TRAINING_KEYS)
+    training = _check_training("training", raw.get("training") or {})
     stages_raw = raw.get("stages")
     if not stages_raw:
         raise ConfigError("the config needs at least one entry in 'stages'")
@@ -195,15 +226,15 @@ def from_dict(raw: dict, source_file: str | None = None) -> TrainConfig:
         for k, v in trainable.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"stage {s['name']!r}: learning rate of {k!r} must be a positive number, got {v!r}")
-        _check_keys(f"stages[{i}].training", s.get("training") or {}, TRAINING_KEYS)
+        stage_training = _check_training(f"stages[{i}].training", s.get("training") or {})
         _check_keys(f"stages[{i}].data", s.get("data") or {}, {f.name for f in dataclasses.fields(DataSpec)})
         lora = dict(s.get("lora") or {})
         if lora:
             _check_lora(s["name"], lora)
         stages.append(StageSpec(name=s["name"], trainable={k: float(v) for k, v in trainable.items()},
                                 template=s.get("template"), method_runtime=dict(s.get("method_runtime") or {}),
-                                training=dict(s.get("training") or {}), data=dict(s.get("data") or {}), lora=lora))
-    return TrainConfig(output_dir=str(run["output_dir"]), seed=int(run.get("seed", 0)), model=mspec, data=dspec,
+                                training=stage_training, data=dict(s.get("data") or {}), lora=lora))
+    return TrainConfig(output_dir=str(run["output_dir"]), seed=seed, model=mspec, data=dspec,
                        training=dict(training), stages=stages, source_file=source_file)
 
 
@@ -230,8 +261,16 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path!r}")
-    with open(path) as f:
-        raw = yaml.safe_load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as err:  # malformed YAML, and tags such as !!python/object (safe_load refuses them)
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path!r} is not a valid config{at}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path!r} is not UTF-8 text") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path!r} must hold a YAML mapping")
     raw = copy.deepcopy(raw)

@@ -129,6 +129,37 @@ def _make_trainer_class():
         """Trainer with per-module learning rates and checkpoints marked complete only when whole."""
 
         module_lrs: dict[str, float] = {}
+        SKIPS_FILE = "skipped_records.json"
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.skipped_records: dict[int, str] = {}  # record index → reason, failed at load (all ranks)
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            for index, kind in inputs.pop("skipped_records", ()):
+                self.skipped_records[int(index)] = kind
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+        def prediction_step(self, model, inputs, *args, **kwargs):
+            inputs.pop("skipped_records", None)
+            return super().prediction_step(model, inputs, *args, **kwargs)
+
+        def gathered_skips(self) -> dict[int, str]:
+            """The records every rank skipped at load so far (a collective under DDP)."""
+            mine = dict(self.skipped_records)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                parts = [None] * torch.distributed.get_world_size()
+                torch.distributed.all_gather_object(parts, mine)
+                for part in parts:
+                    mine.update(part or {})
+            return mine
+
+        def load_skips(self, checkpoint: str | None) -> None:
+            """Counts carried over from the checkpoint a resumed run starts from."""
+            path = os.path.join(checkpoint, self.SKIPS_FILE) if checkpoint else None
+            if path and os.path.isfile(path):
+                with open(path) as f:
+                    self.skipped_records.update({int(k): v for k, v in json.load(f).items()})
 
         def create_optimizer(self, model=None):
             if self.optimizer is not None:
@@ -150,10 +181,12 @@ def _make_trainer_class():
 
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
+            skips = self.gathered_skips()
             barrier()
             if self.args.should_save:
                 ckpt = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
                 if os.path.isdir(ckpt):
+                    atomic_write_text(os.path.join(ckpt, self.SKIPS_FILE), json.dumps(skips))
                     atomic_write_text(os.path.join(ckpt, COMPLETE_MARKER), str(self.state.global_step))
 
     return HiResTrainer
@@ -174,12 +207,26 @@ def latest_complete_checkpoint(stage_dir: str) -> str | None:
             continue
         if not os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
             if is_main_process():
-                logger.warning("ignoring incomplete checkpoint %s (interrupted while saving)", path)
-                shutil.move(path, os.path.join(stage_dir, f"incomplete-{name}-{int(time.time())}"))
+                _set_aside_incomplete(stage_dir, name)
             continue
         if step > best_step:
             best, best_step = path, step
     return best
+
+
+INCOMPLETE_PREFIX = "incomplete-"
+
+
+def _set_aside_incomplete(stage_dir: str, name: str) -> None:
+    """Move an interrupted ``checkpoint-N`` to ``incomplete-checkpoint-N-<time>``, keeping only the newest
+    such folder (an earlier one is deleted, and the log says so)."""
+    old = sorted(n for n in os.listdir(stage_dir) if n.startswith(INCOMPLETE_PREFIX))
+    for n in old:
+        shutil.rmtree(os.path.join(stage_dir, n), ignore_errors=True)
+        logger.warning("deleted %s, an older incomplete checkpoint (only the newest is kept)", n)
+    aside = f"{INCOMPLETE_PREFIX}{name}-{int(time.time())}"
+    shutil.move(os.path.join(stage_dir, name), os.path.join(stage_dir, aside))
+    logger.warning("set aside the incomplete checkpoint %s (interrupted while saving) as %s", name, aside)
 
 
 # ---------------------------------------------------------------------- data
@@ -207,9 +254,13 @@ def corpus_from_records(path: str, limit: int = 20000) -> list[str]:
 
     texts = []
     for rec in read_records(path)[:limit]:
-        for turn in rec.get("conversations", []):
+        turns = rec.get("conversations") if isinstance(rec, dict) else None  # bad records: the dataset counts them
+        for turn in turns if isinstance(turns, list) else []:
             if isinstance(turn, dict) and isinstance(turn.get("value"), str):
-                texts.append(turn["value"].replace("<image>", " "))
+                try:
+                    texts.append(turn["value"].replace("<image>", " ").encode("utf-8").decode("utf-8"))
+                except UnicodeEncodeError:
+                    continue
     return texts
 
 
@@ -356,6 +407,10 @@ def run_stage(cfg: TrainConfig, index: int, callbacks: list | None = None) -> St
     os.makedirs(stage_dir, exist_ok=True)
     train_file, image_folder = resolve_data(cfg, stage)
     model, processor = load_stage_model(cfg, index, train_file)
+    spec = cfg.stage_data(stage)
+    if spec.max_length is not None and model.config.max_length is not None and spec.max_length > model.config.max_length:
+        raise ConfigError(f"stage {stage.name!r}: data.max_length={spec.max_length} is more than the model accepts "
+                          f"(max_length={model.config.max_length}); lower it (or build the model with a larger one)")
     template = stage.template or base_template(cfg)
     model.config.template = template
     processor.config.template = template
@@ -371,15 +426,15 @@ def run_stage(cfg: TrainConfig, index: int, callbacks: list | None = None) -> St
     if is_main_process():
         atomic_write_text(os.path.join(stage_dir, "components.txt"), table + "\n")
         print(table, flush=True)
-    spec = cfg.stage_data(stage)
     dataset = LlavaDataset(train_file, image_folder, processor, template=model.config.template,
-                           max_length=spec.max_length)
+                           max_length=spec.max_length, progress=is_main_process())
     args = training_arguments(cfg, stage, stage_dir, lrs)
     trainer_cls = _make_trainer_class()
     trainer_cls.module_lrs = lrs
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset,
-                          data_collator=LlavaCollator(processor.tokenizer.pad_token_id), callbacks=callbacks)
+                          data_collator=LlavaCollator(processor.tokenizer.pad_token_id, dataset), callbacks=callbacks)
     ckpt = latest_complete_checkpoint(stage_dir)
+    trainer.load_skips(ckpt)
     barrier()
     if ckpt:
         logger.info("resuming stage %r from %s", stage.name, ckpt)
@@ -389,6 +444,7 @@ def run_stage(cfg: TrainConfig, index: int, callbacks: list | None = None) -> St
     result = trainer.train(resume_from_checkpoint=ckpt)
     seconds = time.time() - start
     history = trainer.state.log_history
+    skips = data_skips(dataset, trainer.gathered_skips())
     tmp = f"{final_dir}.tmp"
     if is_main_process() and os.path.isdir(tmp):
         shutil.rmtree(tmp)
@@ -399,25 +455,76 @@ def run_stage(cfg: TrainConfig, index: int, callbacks: list | None = None) -> St
         processor.save_pretrained(tmp)
         atomic_write_text(os.path.join(tmp, "training_stage.json"), json.dumps(
             {"stage": stage.name, "trainable": stage.trainable, "method_runtime": stage.method_runtime,
-             "lora": stage.lora, "template": model.config.template, "data_skips": dict(dataset.skipped)}, indent=2))
+             "lora": stage.lora, "template": model.config.template, "data_skips": skips}, indent=2))
         os.replace(tmp, final_dir)
         atomic_write_text(os.path.join(stage_dir, "log_history.json"), json.dumps(history, indent=2))
         save_loss_plot(history, os.path.join(stage_dir, "loss.png"), f"{stage.name}")
     barrier()
     losses = [h["loss"] for h in history if "loss" in h]
-    if dataset.skipped and is_main_process():
-        print(f"stage {stage.name!r}: skipped samples {dict(dataset.skipped)}", flush=True)
+    if skips["records_skipped"] and is_main_process():
+        print(f"stage {stage.name!r}: {skips['records_skipped']} of {skips['records']} records skipped "
+              f"(screened {skips['screened']}, at load {skips['at_load']})", flush=True)
     return StageResult(stage.name, final_dir, train_loss=getattr(result, "training_loss", None),
                        first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
-                       steps=trainer.state.global_step, seconds=seconds, data_skips=dict(dataset.skipped))
+                       steps=trainer.state.global_step, seconds=seconds, data_skips=skips)
+
+
+def data_skips(dataset, at_load: dict[int, str]) -> dict:
+    """What a stage's data left out: records screened out up front, and records that failed at load
+    (each counted once, however often the epoch met it), by reason."""
+    from collections import Counter
+
+    load_counts = Counter(at_load.values())
+    return {"records": len(dataset.records), "records_skipped": sum(dataset.screened.values()) + len(at_load),
+            "screened": dict(dataset.screened), "at_load": dict(load_counts),
+            "examples": dataset.screen_examples[:10]}
 
 
 def write_resolved_config(cfg: TrainConfig) -> str:
+    """Write ``<run>/config.yaml``. On a run that has finished stages, the config must describe what
+    they were trained with: a change to a finished stage (or to the model, data or seed) is refused
+    rather than recorded over the truth."""
     os.makedirs(cfg.output_dir, exist_ok=True)
     path = os.path.join(cfg.output_dir, "config.yaml")
+    new = cfg.to_dict()
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = yaml.safe_load(f) or {}
+        changes = _finished_stage_changes(cfg, old, new)
+        if changes:
+            raise ConfigError(
+                f"{cfg.output_dir} holds finished stages trained with another config ({'; '.join(changes[:4])}); "
+                "rerunning would train nothing and misrecord it. Use a new run.output_dir, or delete the "
+                "finished stages' 'final' folders to train them again"
+            )
     if is_main_process():
-        atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(new, sort_keys=False))
     return path
+
+
+def _finished_stage_changes(cfg: TrainConfig, old: dict, new: dict) -> list[str]:
+    done = [i for i, s in enumerate(cfg.stages)
+            if os.path.isfile(os.path.join(cfg.output_dir, s.name, "final", "config.json"))]
+    if not done:
+        return []
+    changes = []
+    for key in ("model", "data", "training"):
+        changes += _diff(key, old.get(key), new.get(key))
+    changes += _diff("run.seed", (old.get("run") or {}).get("seed"), new["run"]["seed"])
+    old_stages = {s.get("name"): s for s in old.get("stages") or [] if isinstance(s, dict)}
+    for i in done:
+        name = cfg.stages[i].name
+        changes += _diff(f"stages.{i} ({name})", old_stages.get(name), new["stages"][i])
+    return changes
+
+
+def _diff(where: str, a, b) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff(f"{where}.{k}", a.get(k), b.get(k))
+        return out
+    return [] if a == b else [f"{where}: {a!r} then, {b!r} now"]
 
 
 def run_training(cfg: TrainConfig, stages: list[str] | None = None, callbacks: list | None = None) -> list[StageResult]:

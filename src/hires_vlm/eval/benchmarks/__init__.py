@@ -43,7 +43,19 @@ class BenchmarkSpec:
     layout: str
     headline: str  # the metric key papers quote
 
+    @property
+    def options(self) -> list[str]:
+        """The loader options (``--option KEY=VALUE``) this benchmark takes."""
+        import inspect
+
+        params = list(inspect.signature(self.loader).parameters.values())[1:]
+        return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
     def load(self, path: str | Path, **options: Any) -> Benchmark:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"{self.name} takes no option {', '.join(unknown)}; its options: "
+                             f"{', '.join(self.options) or 'none'}")
         return self.loader(path, **options)
 
 

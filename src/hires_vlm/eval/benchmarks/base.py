@@ -18,7 +18,6 @@ import base64
 import binascii
 import csv
 import io
-import json
 import logging
 import sys
 from collections import Counter
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from ... import fsio
 from ..scorers.common import qid_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -217,29 +217,22 @@ def resolve_file(path: Path | str, names: tuple[str, ...], bench: str, what: str
 def read_json(path: Path, bench: str, what: str) -> Any:
     require_file(path, bench, what)
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BenchmarkDataError(f"{bench}: {path} is not valid JSON ({err}); expected {what}") from err
+        return fsio.read_json_file(path)
+    except fsio.DataFileError as err:
+        raise BenchmarkDataError(f"{bench}: {err}; expected {what}") from err
 
 
 def read_jsonl(path: Path, bench: str, what: str, skipped: Counter) -> list[dict]:
     """The JSON object of each non-empty line; a bad line is skipped and counted."""
     require_file(path, bench, what)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                skipped["line is not valid JSON"] += 1
-                continue
-            if not isinstance(row, dict):
-                skipped["line is not a JSON object"] += 1
-                continue
-            rows.append(row)
+    bad: dict[str, int] = {}
+    for _, row in fsio.iter_jsonl(path, bad):
+        if not isinstance(row, dict):
+            skipped["line is not a JSON object"] += 1
+            continue
+        rows.append(row)
+    skipped.update(bad)
     return rows
 
 

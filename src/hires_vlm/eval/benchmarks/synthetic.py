@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ._collect import Collector, Malformed
+from ._collect import Collector, Malformed, need
 from .base import Benchmark, EvalSample, read_json, require_dir
 
 
@@ -49,10 +49,12 @@ def load_synthetic(path: str | Path, *, split: str = "test") -> Benchmark:
         try:
             if not isinstance(rec, dict) or "conversations" not in rec or "image" not in rec:
                 raise Malformed("record without 'image' or 'conversations'")
+            qid = need(rec, "id", (str, int))
+            image = need(rec, "image")
             question = rec["conversations"][0]["value"].replace("<image>", "").strip()
         except (Malformed, KeyError, IndexError, TypeError, AttributeError) as err:
             c.skip(str(err) if isinstance(err, Malformed) else "malformed record")
             continue
         meta = {"family": rec.get("family"), "qtype": rec.get("qtype")}
-        c.add(EvalSample(str(rec["id"]), root / rec["image"], question, meta), rec)
+        c.add(EvalSample(str(qid), root / image, question, meta), rec)
     return c.build("synthetic", root, score_synthetic)
