@@ -80,6 +80,50 @@ def test_interrupted_stage_resumes_exactly(tmp_path, tiny_data):
     assert la[-2:] == pytest.approx(lb[-2:], rel=1e-5)
 
 
+@pytest.mark.slow
+def test_a_bad_record_is_dropped_not_duplicated_and_counted_once_across_a_resume(tmp_path):
+    """A corrupt image, met in 3 epochs and across an interruption, is one skipped record; batches
+    that met it are one sample shorter instead of serving another record twice."""
+    from conftest import write_tiny_dataset
+
+    root = tmp_path / "d"
+    data = write_tiny_dataset(str(root), n=8)
+    recs = json.loads(open(data).read())
+    png = root / recs[3]["image"]
+    png.write_bytes(png.read_bytes()[:60])  # truncated: found only when decoded
+    recs.append({"id": "escape", "image": "../../x.png", "conversations": recs[0]["conversations"]})
+    open(data, "w").write(json.dumps(recs))
+    args = [f"run.output_dir={tmp_path / 'run'}", f"data.train={data}", f"data.image_folder={root}",
+            "stages.0.training.max_steps=6", "stages.0.training.num_train_epochs=3",
+            "training.per_device_train_batch_size=4", "training.save_steps=2", "training.logging_steps=1"]
+    cfg = load_config(CONFIG, args)
+    run_training(cfg, stages=["pretrain"], callbacks=[_StopAt(2)])
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "pretrain" / "final")
+    (res,) = run_training(load_config(CONFIG, args), stages=["pretrain"])
+    skips = res.data_skips
+    assert skips["screened"] == {"path_escape": 1}
+    assert skips["at_load"] == {"bad_image": 1}  # once, though 3 epochs and a resume met it
+    assert skips["records_skipped"] == 2 and skips["records"] == 9
+    saved = json.loads((tmp_path / "run" / "pretrain" / "final" / "training_stage.json").read_text())
+    assert saved["data_skips"]["at_load"] == {"bad_image": 1}
+
+
+def test_the_collator_drops_failed_samples_instead_of_duplicating_others(tiny_data):
+    from hires_vlm.data.llava_json import LlavaCollator, LlavaDataset, SkippedSample
+    from hires_vlm.tiny import build_tiny
+
+    _, proc = build_tiny("llava")
+    ds = LlavaDataset(tiny_data, os.path.dirname(tiny_data), proc)
+    col = LlavaCollator(proc.tokenizer.pad_token_id, ds)
+    batch = col([ds[0], SkippedSample(5, "bad_image", "x"), ds[1]])
+    assert batch["input_ids"].shape[0] == 2 and batch["skipped_records"] == [(5, "bad_image")]
+    alone = col([SkippedSample(ds.index[4], "bad_image", "x")])  # a batch of failures: the next record stands in
+    assert alone["input_ids"].shape[0] == 1
+    assert torch.equal(alone["input_ids"][0, : len(ds[5]["input_ids"])], ds[5]["input_ids"])
+
+
 def test_incomplete_checkpoints_are_set_aside(tmp_path):
     (tmp_path / "checkpoint-5").mkdir()
     (tmp_path / "checkpoint-3").mkdir()
