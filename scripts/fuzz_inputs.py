@@ -232,9 +232,9 @@ def _rec_two_placeholders(rng, root, good):
 
 
 def _rec_no_conversations(rng, root, good):
-    rec = {"image": good}
-    if rng.random() < 0.5:
-        rec["conversations"] = rng.choice(["text", [], [{"from": "human"}], {"from": "human", "value": "x"}])
+    if rng.random() < 0.3:
+        return {"image": good}, "bad_record", "record"
+    rec = {"image": good, "conversations": rng.choice(["text", [], [{"from": "human"}], {"from": "human", "value": "x"}])}
     return rec, "bad_conversation", "record"
 
 

@@ -2,8 +2,8 @@
 
 The package supports transformers from the lower bound in ``pyproject.toml`` (5.20, the first
 release with the dataclass ``PreTrainedConfig`` and ``SubConfigSpec`` that ``HiResVLMConfig`` is
-written in) to the newest release; the drift check (``scripts/test.sh --latest``) runs the suite against the newest one and
-``scripts/test.sh --lowest`` against the lower bounds. When a release renames something, the branch
+written in) to the newest release; the drift check (``scripts/test.sh --latest``) runs the suite
+against the newest one and ``scripts/test.sh --lowest`` against the lower bounds. When a release renames something, the branch
 goes here, named by the releases it tells apart and detected by the feature rather than by the
 version string (a backport or a patch release then takes the right branch by itself).
 

@@ -95,7 +95,10 @@ def stages_for(entry: Entry, budget: Budget) -> list[dict]:
 
 
 def _slime(**kw) -> dict:
-    return {"preset": "slime", "local_queries": 16, **kw}
+    # The official code with two changes the tiny setting needs: the router reads the prompt only (the
+    # official code also feeds it the answer in training, a leak), and the gated mixture runs on the
+    # 8×8 global view (the official GatedBlock mixes only 576-token views and would skip it).
+    return {"preset": "slime", "local_queries": 16, "router_text": "prompt", "gate_bypass": "never", **kw}
 
 
 def _inf(**kw) -> dict:

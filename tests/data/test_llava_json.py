@@ -44,12 +44,18 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, proc):
     counts = ds.scan(progress=False)
     assert counts == {"ok": 2, "missing_image": 1, "bad_image": 1, "path_escape": 1, "placeholder_mismatch": 1,
                       "bad_record": 1}
-    # __getitem__ never raises: a bad sample is replaced by the next usable one and counted.
-    item = ds[1]
-    assert item["pixel_values"] is None or item["pixel_values"].shape[0] >= 1
-    assert ds.skipped["missing_image"] == 1 and ds.skipped["bad_image"] == 1
-    batch = LlavaCollator(proc.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
-    assert batch["input_ids"].shape[0] == len(ds)
+    # Screened out up front (no image decoded): the epoch holds the ok records and the corrupt one.
+    assert ds.screened == {"missing_image": 1, "path_escape": 1, "placeholder_mismatch": 1, "bad_record": 1}
+    assert len(ds) == 3
+    # __getitem__ never raises: a record that fails to load comes back as a SkippedSample, which the
+    # collator drops (the batch is one shorter; nothing is served twice).
+    from hires_vlm.data.llava_json import SkippedSample
+
+    items = [ds[i] for i in range(len(ds))]
+    assert [type(x).__name__ for x in items].count("SkippedSample") == 1 and ds.skipped["bad_image"] == 1
+    assert next(x for x in items if isinstance(x, SkippedSample)).kind == "bad_image"
+    batch = LlavaCollator(proc.tokenizer.pad_token_id, ds)(items)
+    assert batch["input_ids"].shape[0] == 2 and [k for _, k in batch["skipped_records"]] == ["bad_image"]
     assert batch["image_sizes"].shape[1] == 2 and batch["pixel_values"].shape[1:] == (3, 112, 112)
 
 
@@ -77,8 +83,9 @@ def test_too_long_samples_are_skipped(tmp_path, proc):
     recs = [{"id": "big", "image": "big.png", "conversations": _conv()}]
     ds = LlavaDataset(_write(tmp_path, recs), str(tmp_path), proc, max_length=50)
     assert ds.scan(progress=False) == {"too_long": 1}
-    with pytest.raises(RuntimeError, match="could not be used"):
-        ds[0]
+    assert ds[0].kind == "too_long"  # a SkippedSample, never an exception
+    with pytest.raises(RuntimeError, match="failed to load"):  # a batch of nothing but failures, nothing usable
+        LlavaCollator(proc.tokenizer.pad_token_id, ds)([ds[0]])
 
 
 def test_collator_pads_right_and_concatenates_views():

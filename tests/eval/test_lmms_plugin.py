@@ -219,3 +219,23 @@ def test_lmms_eval_runs_local_tasks_end_to_end(lm, tiny_dir, tmp_path):
         assert logged == pytest.approx([-v for v in ours], abs=1e-3)
         correct += int(max(range(len(ours)), key=ours.__getitem__) == doc["label"])
     assert results["hires_vlm_local_mc"]["acc,none"] == pytest.approx(correct / len(docs))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_args,expected_acc", [("", 1.0), (",loglikelihood=logprob", 0.0)])
+def test_the_lmms_eval_cli_scores_multiple_choice_right_by_default(tiny_dir, tmp_path, model_args, expected_acc):
+    """`lmms-eval --model hires_vlm` on a task whose right answer is known (one word against a 30-word
+    string, see hires_vlm_local_mc_known.yaml): the default loglikelihood gives accuracy 1.0 with the
+    installed lmms-eval; forcing `logprob` under its argmin scoring inverts it to 0.0."""
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "LMMS_EVAL_DATASETS_CACHE": str(tmp_path / "datasets")}
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "hires_vlm", "--model_args", f"pretrained={tiny_dir}{model_args}",
+           "--tasks", "hires_vlm_local_mc_known", "--include_path", str(TASK_DIR), "--batch_size", "2",
+           "--device", "cpu", "--output_path", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(out.rglob("*results*.json"))
+    assert files, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads(files[-1].read_text())["results"]["hires_vlm_local_mc_known"]
+    assert results["acc,none"] == expected_acc

@@ -39,6 +39,24 @@ def test_global_pad_uses_mean_colour_and_squash_does_not_pad():
     assert (b.pixel_values[0] > 1.5).all()
 
 
+def test_pad_colour_is_the_truncated_mean_as_in_the_official_code():
+    """LLaVA ``llava/mm_utils.py`` ``process_images``: ``expand2square(image, tuple(int(x * 255) for x in
+    image_processor.image_mean))`` — truncated: (122, 116, 104) for CLIP, where rounding gives (123, 117, 104).
+    INF-LLaVA's ``train.py`` and SliME's paper path call the same ``expand2square``."""
+    import numpy as np
+
+    from hires_vlm.imaging import CLIP_MEAN, CLIP_STD, ops
+
+    assert ops.mean_fill(CLIP_MEAN) == (122, 116, 104)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 60, 3), dtype=np.uint8))
+    square = Image.new("RGB", (60, 60), (122, 116, 104))
+    square.paste(img, (0, 20))
+    ref = np.asarray(square.resize((28, 28), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    ref = (torch.from_numpy(ref) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    got = HiResImageProcessor(ImagingSpec(tile_size=28, global_view="pad")).preprocess_one(img)[0][0]
+    torch.testing.assert_close(got, ref.permute(2, 0, 1), atol=1e-5, rtol=0)
+
+
 def test_record_without_pixels_equals_processed_record():
     spec = ImagingSpec(tile_size=112, grid_rule="anyres", local_tiles=True, global_view="squash")
     img = Image.new("RGB", (333, 177))

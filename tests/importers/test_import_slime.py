@@ -49,7 +49,8 @@ def official_sincos(dim: int, grid: int) -> torch.Tensor:
 
 def resampler_tensors(prefix: str, queries: int, gen) -> dict:
     grid = math.isqrt(queries)
-    t = {prefix + "query": rand(queries, DV, scale=0.02, gen=gen), prefix + "pos_embed": official_sincos(DV, grid),
+    # pos_embed as the official Resampler stores it: a frozen fp16 parameter (sampler.py, `.half()`)
+    t = {prefix + "query": rand(queries, DV, scale=0.02, gen=gen), prefix + "pos_embed": official_sincos(DV, grid).half(),
          prefix + "attn.in_proj_weight": rand(3 * DV, DV, scale=0.06, gen=gen),
          prefix + "attn.in_proj_bias": rand(3 * DV, scale=0.1, gen=gen),
          prefix + "attn.out_proj.weight": rand(DV, DV, scale=0.06, gen=gen),
@@ -163,8 +164,13 @@ def test_slime_matches_official_computation(slime, router, preset):
     assert m["separator"] == "token" and m["separator_token_id"] == slime["cfg"]["seperator"]
     assert m["router_pre_softmax"] == (0.5 if router == "release" else None)
     assert any(preset in n for n in res.notes)
-    assert sorted(res.remap.verified) == ["model.mm_projector.attn.pos_embed", "model.mm_projector.mean",
-                                          "model.mm_projector.std", "model.sampler.post_qformer.pos_embed"]
+    assert sorted(res.remap.verified) == ["model.mm_projector.mean", "model.mm_projector.std"]
+    # The checkpoint's own fp16 position tables are kept (the numbers the official forward adds).
+    for ours, theirs in (("mixture.resampler", "model.mm_projector.attn.pos_embed"),
+                         ("local_compressor", "model.sampler.post_qformer.pos_embed")):
+        table = getattr(model.connector, ours.split(".")[0])
+        table = table.resampler.pos_table if ours.startswith("mixture") else table.pos_table
+        assert torch.equal(table, slime["state"][theirs].float())
 
     size = (100, 70)
     inputs = proc(["Which colour is the circle in the top left?"], [Image.new("RGB", size, (240, 240, 240))])
@@ -193,6 +199,20 @@ def test_slime_matches_official_computation(slime, router, preset):
     with torch.no_grad():
         ref = ref_lm(inputs_embeds=seq).logits
     torch.testing.assert_close(out.logits[..., :ref.shape[-1]], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_recomputed_position_tables_are_float32_and_move_the_outputs(slime):
+    kept = convert("slime", slime["src"], vision=slime["vision"])
+    redo = convert("slime", slime["src"], vision=slime["vision"], pos_embed="recompute")
+    from hires_vlm.connectors import sincos_2d
+
+    assert torch.equal(redo.model.connector.local_compressor.pos_table, sincos_2d(DV, math.isqrt(LOCAL_Q)))
+    assert not torch.equal(kept.model.connector.local_compressor.pos_table,
+                           redo.model.connector.local_compressor.pos_table)
+    x = torch.randn(2, (TILE // PATCH) ** 2, DV)
+    with torch.no_grad():
+        a, b = kept.model.connector.local_compressor(x), redo.model.connector.local_compressor(x)
+    assert 0 < (a - b).abs().max() < 1e-2
 
 
 def test_slime_cli_writes_loadable_dir(slime, tmp_path):

@@ -133,10 +133,49 @@ def test_center_crop_canvas_is_the_clip_processors_resize_and_crop(size):
     assert torch.allclose(got, want, atol=1e-5)
 
 
-def test_canvas_is_the_only_run_time_field():
+def official_inference_views(img: Image.Image, s: int) -> torch.Tensor:
+    """INF-LLaVA's official inference, transcribed (github WeihuangLin/INF-LLaVA at ea3e986):
+
+    * ``INF_llava/mm_utils.py`` ``process_images`` (LLaVA's), ``image_aspect_ratio 'pad'``:
+      ``expand2square(image, tuple(int(x * 255) for x in image_processor.image_mean))``;
+    * ``INF_llava/model/builder.py`` L169-174 returns the hub's CLIP processor, 336 px (here s):
+      resize of the shortest edge to s, bicubic, centre crop s, ``(x/255 - mean)/std``;
+    * ``INF_llava/model/llava_arch.py`` ``encode_images`` L412-449:
+      ``F.interpolate(images.float(), (3s, 3s), mode='bicubic', align_corners=False)``, then
+      ``crop_pixels_N(x, 3)`` (block k = i·3 + j is ``x[..., s·i:s·(i+1), s·j:s·(j+1)]``),
+      ``extract_pixels_N(x, 3)`` (sub-image k = h·3 + w is ``x[..., h::3, w::3]``) and the low-resolution
+      view ``F.interpolate(x_3s, (s, s), mode='bicubic')``.
+    """
+    side = max(img.size)
+    fill = tuple(int(x * 255) for x in CLIP_MEAN)
+    square = Image.new("RGB", (side, side), fill)
+    square.paste(img, ((side - img.size[0]) // 2, (side - img.size[1]) // 2))
+    view = np.asarray(square.resize((s, s), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    x = ((torch.from_numpy(view) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)).permute(2, 0, 1)[None]
+    big = F.interpolate(x.float(), (3 * s, 3 * s), mode="bicubic", align_corners=False)
+    local = [big[..., s * i:s * (i + 1), s * j:s * (j + 1)] for i in range(3) for j in range(3)]
+    strided = [big[..., h::3, w::3] for h in range(3) for w in range(3)]
+    low = F.interpolate(big, (s, s), mode="bicubic")
+    return torch.cat(local + strided + [low], 0)
+
+
+@pytest.mark.parametrize("size", [(50, 30), (30, 50), (28, 28), (300, 90), (7, 200)])
+def test_canvas_source_view_is_the_official_inference_path(size):
+    img = noise_image(size, seed=size[0] + size[1])
+    views, rec = HiResImageProcessor(spec_of(cfg(canvas_source="view"))).preprocess_one(img)
+    want = official_inference_views(img, S)
+    assert views.shape == want.shape
+    torch.testing.assert_close(views, want, atol=2e-5, rtol=0)
+    full, _ = HiResImageProcessor(spec_of(cfg())).preprocess_one(img)
+    assert not torch.allclose(full, views, atol=1e-3)  # the training path cuts the image itself
+
+
+def test_canvas_and_canvas_source_are_the_run_time_fields():
     m = build_method(cfg(), DIMS)
     m.set_runtime(canvas="center_crop")
     assert m.cfg.canvas == "center_crop" and spec_of(m.cfg).canvas.value == "center_crop"
+    m.set_runtime(canvas_source="view")
+    assert spec_of(m.cfg).canvas_from_view
     with pytest.raises(ValueError, match="cannot change at run time"):
         m.set_runtime(heads=1)
 

@@ -16,7 +16,8 @@ from hires_vlm.methods import Dims, TextContext, build_method, resolve_method_co
 from hires_vlm.methods.slime import SlimeConfig
 
 DIMS = Dims(vision_dim=64, text_dim=128, tile_size=112, grid=8)
-TINY = {"local_queries": 16, "resampler_heads": 4, "separator_token_id": 3}
+# gate_bypass never: this 8×8 tower would otherwise skip the mixture (official: 576 tokens only).
+TINY = {"local_queries": 16, "resampler_heads": 4, "separator_token_id": 3, "gate_bypass": "never"}
 
 
 def make(preset="slime", **over):
@@ -38,20 +39,43 @@ def inputs(method, sizes=((300, 200),), text_len=(6,), seed=0):
 # ---------------------------------------------------------------------------------- presets
 def test_presets_official_and_paper_values():
     off, pap = resolve_method_config("slime"), resolve_method_config("slime-paper")
+    # Official values, from github yfzhang114/SliME: router_text 'all' — llava_arch.py
+    # get_pure_text_embedding embeds every non-image token of input_ids (answers included, the label
+    # masking line commented out); gate_bypass 'official' — builder.py GatedBlock.forward returns
+    # self.projection(x) unless x.shape[1] == 576.
     assert (off.grid_rule, off.global_view, off.gate_noise, off.router_aggregate, off.router_cutoff,
-            off.router_text, off.separator, off.router_pre_softmax) == (
-        "uhd", "squash", "official", "sum", "official", "prompt", "token", None)
+            off.router_text, off.separator, off.router_pre_softmax, off.gate_bypass) == (
+        "uhd", "squash", "official", "sum", "official", "all", "token", None, "official")
     assert (pap.grid_rule, pap.global_view, pap.gate_noise, pap.router_aggregate, pap.router_cutoff,
-            pap.router_text, pap.separator) == ("slime_paper", "pad", "paper", "mean", "reach", "prompt", "learned")
-    assert resolve_method_config("slime-release").router_pre_softmax == 0.5
+            pap.router_text, pap.separator, pap.gate_bypass) == (
+        "slime_paper", "pad", "paper", "mean", "reach", "prompt", "learned", "never")
+    release = resolve_method_config("slime-release")
+    assert release.router_pre_softmax == 0.5 and release.router_text == "all" and release.gate_bypass == "official"
     for cfg in (off, pap):
         assert (cfg.local_queries, cfg.gamma, cfg.router_noise_std, cfg.router_temperature) == (144, 0.95, 0.1, 1.0)
+
+
+@pytest.mark.parametrize("grid,bypass,mixed", [(8, "official", False), (8, "never", True), (24, "official", True)])
+def test_official_gate_mixes_only_576_token_global_views(grid, bypass, mixed):
+    """builder.py GatedBlock.forward: ``if x.shape[1] != 576: return self.projection(x)``."""
+    torch.manual_seed(0)
+    dims = Dims(vision_dim=64, text_dim=128, tile_size=grid * 14, grid=grid)
+    cfg = resolve_method_config({"preset": "slime", **TINY, "gate_bypass": bypass, "branches": "global"})
+    m = build_method(cfg, dims).eval()
+    spec = cfg.imaging_spec(dims.tile_size, CLIP_MEAN, CLIP_STD)
+    rec = spec.record_for((300, 200))
+    feats = torch.randn(rec.num_views, grid * grid, 64)
+    out = m(feats, [rec], None)
+    w = out.aux["gate_weights"][0]
+    assert torch.equal(w[:, 0] == 1, torch.full((grid * grid,), not mixed))
+    if not mixed:
+        torch.testing.assert_close(out.tokens[0], m.projector(feats[rec.index("global")[0]]))
 
 
 def test_literal_fields_are_closed_sets():
     lits = {f.name for f in dataclasses.fields(SlimeConfig) if "Literal" in str(f.type)}
     assert lits >= {"grid_rule", "global_view", "gate_noise", "gate_mode", "router_aggregate", "router_cutoff",
-                    "router_text", "separator", "branches", "projector"}
+                    "router_text", "separator", "branches", "projector", "gate_bypass"}
     for name in lits:
         with pytest.raises(ValueError, match="not valid"):
             SlimeConfig(**{name: "nonsense"})
@@ -296,7 +320,7 @@ def test_several_images_in_one_call():
 def tiny_slime():
     from hires_vlm.tiny import build_tiny
 
-    model, proc = build_tiny({"preset": "slime", "local_queries": 16, "resampler_heads": 4},
+    model, proc = build_tiny({"preset": "slime", "local_queries": 16, "resampler_heads": 4, "gate_bypass": "never"},
                              corpus=["What colour is the circle? red green blue, a b"], text_layers=1,
                              vision_layers=1, vocab_size=300)
     return model.eval(), proc
@@ -384,6 +408,28 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_slime, tmp_path):
     torch.testing.assert_close(got.logits, ref.logits, atol=0, rtol=0)
     for a, b in zip(got.visual_aux["router_keep"], ref.visual_aux["router_keep"]):
         assert torch.equal(a, b)
+
+
+def test_a_stored_position_table_is_kept_and_an_older_save_without_one_still_loads(tiny_slime, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from hires_vlm.connectors import sincos_2d
+    from hires_vlm.model import HiResVLM
+
+    model, proc = tiny_slime
+    model.save_pretrained(tmp_path / "a")
+    state = load_file(str(tmp_path / "a" / "model.safetensors"))
+    key = "connector.local_compressor.pos_table"
+    state[key] = state[key] + 0.5  # an imported checkpoint's own table survives save and load
+    save_file(state, str(tmp_path / "a" / "model.safetensors"), metadata={"format": "pt"})
+    loaded = HiResVLM.from_pretrained(tmp_path / "a")
+    assert torch.equal(loaded.connector.local_compressor.pos_table, state[key])
+    for k in [k for k in state if k.endswith("pos_table")]:  # saved before the buffer existed
+        del state[k]
+    save_file(state, str(tmp_path / "a" / "model.safetensors"), metadata={"format": "pt"})
+    old = HiResVLM.from_pretrained(tmp_path / "a")
+    table = old.connector.local_compressor.pos_table
+    assert torch.equal(table, sincos_2d(table.shape[1], old.connector.local_compressor.q_grid))
 
 
 def test_build_from_local_parts_fills_the_comma_separator(tmp_path):

@@ -17,7 +17,7 @@ from hires_vlm.train.config import load_config, validate
 from hires_vlm.train.runner import apply_lora, merge_lora, set_trainable
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "src", "hires_vlm", "configs")
-TINY_METHOD = {"local_queries": 16, "resampler_heads": 4}
+TINY_METHOD = {"local_queries": 16, "resampler_heads": 4, "gate_bypass": "never"}  # the 8x8 tower: see configs/slime/tiny_*.yaml
 
 # What must receive a gradient, per stage name: parameter-name prefixes (or "lora": the adapters).
 PROJ, RES, WG, WN = "connector.projector", "connector.mixture.resampler", "connector.mixture.gate.w_gate", \

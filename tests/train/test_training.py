@@ -25,10 +25,11 @@ def _cfg(tmp_path, data, *extra):
 
 @pytest.mark.slow
 def test_cli_trains_both_stages_loss_falls_and_generate_answers(tmp_path, tiny_data, capsys):
-    rc = main(["train", CONFIG, "--set", f"run.output_dir={tmp_path}", "--set", f"data.train={tiny_data}",
-               "--set", f"data.image_folder={os.path.dirname(tiny_data)}",
-               "--set", "stages.0.training.max_steps=4", "--set", "stages.1.training.max_steps=24",
-               "--set", "training.logging_steps=2", "--set", "training.save_steps=12"])
+    args = ["train", CONFIG, "--set", f"run.output_dir={tmp_path}", "--set", f"data.train={tiny_data}",
+            "--set", f"data.image_folder={os.path.dirname(tiny_data)}",
+            "--set", "stages.0.training.max_steps=4", "--set", "stages.1.training.max_steps=24",
+            "--set", "training.logging_steps=2", "--set", "training.save_steps=12"]
+    rc = main(args)
     assert rc == 0
     final = tmp_path / "sft" / "final"
     assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
@@ -42,9 +43,8 @@ def test_cli_trains_both_stages_loss_falls_and_generate_answers(tmp_path, tiny_d
     assert main(["generate", "--model", str(final), "--image", img, "--prompt", "What colour is the circle?"]) == 0
     answer = capsys.readouterr().out.strip()
     assert answer in {"red", "green", "blue"}, answer
-    # A rerun skips finished stages.
-    assert main(["train", CONFIG, "--set", f"run.output_dir={tmp_path}", "--set", f"data.train={tiny_data}",
-                 "--set", f"data.image_folder={os.path.dirname(tiny_data)}"]) == 0
+    # A rerun of the same command skips finished stages (a changed one is refused: test_data_safety).
+    assert main(args) == 0
     assert "already done" in capsys.readouterr().out
 
 
@@ -84,7 +84,7 @@ def test_interrupted_stage_resumes_exactly(tmp_path, tiny_data):
 def test_a_bad_record_is_dropped_not_duplicated_and_counted_once_across_a_resume(tmp_path):
     """A corrupt image, met in 3 epochs and across an interruption, is one skipped record; batches
     that met it are one sample shorter instead of serving another record twice."""
-    from conftest import write_tiny_dataset
+    from tests.conftest import write_tiny_dataset
 
     root = tmp_path / "d"
     data = write_tiny_dataset(str(root), n=8)

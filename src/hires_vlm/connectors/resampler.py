@@ -8,7 +8,9 @@ module (the Qwen-VL-style resampler of SliME's official code, written anew):
 * fixed 2-D sin-cos position embeddings added to the queries and to the keys, never to the
   values; the queries' table is laid out on the q×q query grid, the keys' is that table resized
   **bicubically from the query grid to the key grid** when the two differ (as the official code
-  does, e.g. 12×12 → 24×24 for the local compressor);
+  does, e.g. 12×12 → 24×24 for the local compressor). The table is a saved buffer, ``pos_table``:
+  computed in float32 for a new model, the checkpoint's own values (fp16 in SliME's releases) for
+  an imported one, so that an import computes with the numbers the official code computes with;
 * one multi-head cross-attention (``nn.MultiheadAttention``, whose parameter names match the
   official checkpoints) — no self-attention, no feed-forward block, no residual.
 
@@ -97,6 +99,8 @@ class Resampler(nn.Module):
         self.ln_q = nn.LayerNorm(dim, eps=LN_EPS)
         self.ln_kv = nn.LayerNorm(dim, eps=LN_EPS)
         self.ln_post = nn.LayerNorm(dim, eps=LN_EPS)
+        # The fixed table of the query grid (not learned; saved, so an imported table survives).
+        self.register_buffer("pos_table", sincos_2d(dim, self.q_grid), persistent=True)
         self._pos_cache: dict[tuple, torch.Tensor] = {}
         nn.init.trunc_normal_(self.query, std=0.02)
 
@@ -104,12 +108,18 @@ class Resampler(nn.Module):
         """Called by ``HiResVLM._init_weights`` (``init`` = ``transformers.initialization``, which
         leaves loaded weights alone). Children (attention, norms, kv_proj) get the library's default."""
         init.trunc_normal_(self.query, std=0.02)
+        init.copy_(self.pos_table, sincos_2d(self.dim, self.q_grid))  # a model saved before the buffer existed
+        self._pos_cache.clear()
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._pos_cache.clear()  # the table may change under a cached resize
+        super()._load_from_state_dict(*args, **kwargs)
 
     def pos_embed(self, grid: int, device, dtype) -> torch.Tensor:
         """The fixed table for a ``grid``×``grid`` map: the query grid's table, bicubically resized."""
-        key = (grid, device, dtype)
+        key = (grid, device, dtype, self.pos_table.data_ptr())
         if key not in self._pos_cache:
-            table = resize_pos_embed(sincos_2d(self.dim, self.q_grid), self.q_grid, grid)
+            table = resize_pos_embed(self.pos_table.float(), self.q_grid, grid)
             self._pos_cache[key] = table.to(device=device, dtype=dtype)
         return self._pos_cache[key]
 

@@ -82,6 +82,8 @@ def screen_record(rec, image_folder: str) -> None:
     """Check one record without decoding an image; :class:`SampleError` says why it is unusable."""
     if not isinstance(rec, dict):
         raise SampleError("bad_record", f"the record is a JSON {type(rec).__name__}, not an object")
+    if "conversations" not in rec:
+        raise SampleError("bad_record", "the record has no 'conversations'")
     try:
         parse_turns(rec.get("conversations"))
     except PlaceholderMismatchError as exc:

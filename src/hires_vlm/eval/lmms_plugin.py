@@ -20,12 +20,14 @@ user turn of the checkpoint's own chat template with one ``<image>`` per visual 
   separates turn and answer (the template's ``answer_prefix``, e.g. Vicuna's space, is context,
   not scored).
 
-  lmms-eval's ``multiple_choice`` scoring (0.7.3, ``ConfigurableTask.process_results``) picks the
+  lmms-eval's ``multiple_choice`` scoring (0.7.x, ``ConfigurableTask.process_results``) picks the
   choice with the *lowest* value, because its own wrappers return LLaVA's loss (issue
   EvolvingLMMs-Lab/lmms-eval#370), while its ``perplexity`` and ``acc_mutual_info`` expect a
-  log-probability. ``model_args`` ``loglikelihood=logprob`` (default) returns the log-probability
-  the API documents; ``loglikelihood=nll`` returns its negative, so that ``acc``/``acc_norm`` of
-  multiple_choice tasks pick the most likely choice.
+  log-probability. ``model_args`` ``loglikelihood``: ``auto`` (default) returns what the installed
+  lmms-eval's multiple-choice scoring needs to pick the most likely choice — the negative
+  log-probability when it takes ``argmin`` (0.7.0–0.7.3), the log-probability when it takes
+  ``argmax`` — and says which in the log; ``nll`` / ``logprob`` force one (``logprob`` for the
+  ``perplexity`` metric under an ``argmin`` lmms-eval).
 * ``generate_until_multi_round``: the task's ``doc_to_text(doc, previous_output=…, round_idx=…,
   previous_round_info=…)`` protocol, one request at a time; each round is a fresh one-turn prompt.
 
@@ -56,7 +58,24 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = "hires_vlm"
 DEFAULT_MAX_NEW_TOKENS = 128
-LOGLIKELIHOOD_MODES = ("logprob", "nll")
+LOGLIKELIHOOD_MODES = ("auto", "logprob", "nll")
+
+
+def lmms_eval_picks_minimum() -> bool:
+    """Whether the installed lmms-eval's multiple_choice scoring picks the choice with the lowest value
+    (``np.argmin(lls)`` in ``ConfigurableTask.process_results``, as 0.7.0–0.7.3 do). When the source
+    cannot be read, assume it does: that is every release so far."""
+    import inspect
+
+    try:
+        from lmms_eval.api.task import ConfigurableTask
+
+        source = inspect.getsource(ConfigurableTask.process_results).replace(" ", "")
+    except (ImportError, OSError, TypeError):
+        return True
+    if "np.argmin(lls)" in source:
+        return True
+    return "np.argmax(lls)" not in source
 
 
 def manifest():
@@ -99,7 +118,7 @@ class HiResVLMLmms(lmms):
     ``model_args``: ``pretrained`` (model directory, required), ``device`` (default ``cuda`` if
     available, per process ``cuda:$LOCAL_RANK``), ``dtype`` (``float32`` / ``bfloat16`` /
     ``float16``, default as saved), ``max_new_tokens`` (used when the task does not set one,
-    default 128), ``loglikelihood`` (``logprob`` or ``nll``, see the module docstring).
+    default 128), ``loglikelihood`` (``auto``, ``logprob`` or ``nll``, see the module docstring).
     ``batch_size`` comes from lmms-eval's ``--batch_size``.
     """
 
@@ -107,7 +126,7 @@ class HiResVLMLmms(lmms):
 
     def __init__(self, pretrained: str, device: str | None = None, batch_size: int | str = 1,
                  max_new_tokens: int | str = DEFAULT_MAX_NEW_TOKENS, dtype: str | None = None,
-                 loglikelihood: str = "logprob", max_batch_size: int | None = None, **kwargs: Any) -> None:
+                 loglikelihood: str = "auto", max_batch_size: int | None = None, **kwargs: Any) -> None:
         super().__init__()
         if kwargs:
             raise ValueError(f"hires_vlm: unknown model_args {sorted(kwargs)}; known: pretrained, device, dtype, "
@@ -115,6 +134,10 @@ class HiResVLMLmms(lmms):
         if loglikelihood not in LOGLIKELIHOOD_MODES:
             raise ValueError(f"hires_vlm: loglikelihood={loglikelihood!r} is not supported; choose one of "
                              f"{', '.join(LOGLIKELIHOOD_MODES)}")
+        if loglikelihood == "auto":
+            loglikelihood = "nll" if lmms_eval_picks_minimum() else "logprob"
+            logger.info("hires_vlm: loglikelihood=%s (the installed lmms-eval's multiple_choice picks the %s value)",
+                        loglikelihood, "lowest" if loglikelihood == "nll" else "highest")
         self.loglikelihood_mode = loglikelihood
         import torch
 
@@ -245,10 +268,11 @@ class HiResVLMLmms(lmms):
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         pairs = self.loglikelihood_pairs(requests)
-        if self.loglikelihood_mode == "logprob" and not getattr(self, "_warned_argmin", False):
+        if (self.loglikelihood_mode == "logprob" and lmms_eval_picks_minimum()
+                and not getattr(self, "_warned_argmin", False)):
             self._warned_argmin = True
-            logger.warning("hires_vlm returns log-probabilities; lmms-eval's multiple_choice acc picks the lowest "
-                           "value (it expects a loss): pass model_args loglikelihood=nll for multiple_choice tasks")
+            logger.warning("hires_vlm returns log-probabilities (loglikelihood=logprob), but this lmms-eval's "
+                           "multiple_choice acc picks the lowest value: drop loglikelihood=logprob for such tasks")
         if self.loglikelihood_mode == "nll":
             pairs = [(-value, greedy) for value, greedy in pairs]
         for req, pair in zip(requests, pairs):

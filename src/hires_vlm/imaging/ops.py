@@ -146,8 +146,14 @@ def upright_size(img: Image.Image) -> tuple[int, int]:
 
 
 def mean_fill(mean: Sequence[float]) -> tuple[int, int, int]:
-    """The 0–255 colour of a normalisation mean, LLaVA's ``expand2square`` background."""
-    return tuple(int(round(m * 255)) for m in mean)  # type: ignore[return-value]
+    """The 0–255 colour of a normalisation mean, LLaVA's ``expand2square`` background.
+
+    Truncated, not rounded, as every official caller writes it —
+    ``tuple(int(x * 255) for x in image_processor.image_mean)`` (LLaVA ``llava/mm_utils.py``
+    ``process_images``; INF-LLaVA ``train.py`` ``LazySupervisedDataset``; transformers'
+    LLaVA-OneVision ``pad_to_square``): (122, 116, 104) for the CLIP mean, not (123, 117, 104).
+    """
+    return tuple(int(m * 255) for m in mean)  # type: ignore[return-value]
 
 
 def expand_to_square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:

@@ -84,6 +84,10 @@ class ImagingSpec:
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     resampler: Resampler = Resampler.PILLOW  # pillow (official code's pixels) | torch (transformers' fast processors')
+    # The canvas from the image at full resolution (False), or from one S×S view of it (the canvas rule at
+    # S px) normalised, then upsampled bicubically (float, align_corners False) to the canvas: INF-LLaVA's
+    # official inference, where builder.py hands encode_images the tower's 336-px processor output.
+    canvas_from_view: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "grid_rule", _enum(GridRule, self.grid_rule, "grid_rule"))
@@ -297,6 +301,11 @@ class HiResImageProcessor:
             return
         if cols == 0:
             raise AssertionError("tiles requested without a grid")
+        if spec.canvas_from_view:
+            k = self._views_from_upsampled_view(image, record, out, k)
+            if k != out.shape[0]:
+                raise AssertionError(f"wrote {k} views into a slot of {out.shape[0]}")
+            return
         canvas_img = self._canvas(image, record)
         pixels = px.array(canvas_img)  # [H x W x c] uint8
         normalised = None  # [c x H x W] float32, only where a view needs the whole normalised canvas
@@ -321,6 +330,33 @@ class HiResImageProcessor:
             k += 1
         if k != out.shape[0]:
             raise AssertionError(f"wrote {k} views into a slot of {out.shape[0]}")
+
+    def _views_from_upsampled_view(self, image, record: CutRecord, out: np.ndarray, k: int) -> int:
+        """Tiles (and the low-resolution view) cut from one S×S view upsampled to the canvas: INF-LLaVA's
+        official inference path (``encode_images``: ``F.interpolate(images, (1008, 1008), 'bicubic')``)."""
+        spec = self.spec
+        s = spec.tile_size
+        cols, rows = record.grid
+        small_record = dataclasses.replace(record, canvas_size=(s, s), content_box=ops.content_box(record.image_size, (s, s)))
+        view = self._px.array(self._canvas(image, small_record))  # the canvas rule at S px: [s x s x c] uint8
+        small = ops.normalize_into(np.empty((3, s, s), dtype=np.float32), view.transpose(2, 0, 1), spec.mean, spec.std)
+        canvas = F.interpolate(torch.from_numpy(small)[None], size=(rows * s, cols * s), mode="bicubic",
+                               align_corners=False)[0]
+        normalised = canvas.numpy().transpose(1, 2, 0)  # [H x W x c]
+        n = cols * rows
+        for wanted, strided in ((spec.local_tiles, False), (spec.strided_tiles, True)):
+            if wanted:
+                np.copyto(out[k:k + n].reshape(rows, cols, 3, s, s),
+                          ops.tile_pixels(normalised, cols, rows, s, strided=strided))
+                k += n
+        if spec.lowres is LowRes.CANVAS_BICUBIC:
+            low = F.interpolate(canvas[None], size=(s, s), mode="bicubic", align_corners=False)
+            torch.from_numpy(out[k:k + 1]).copy_(low)
+            k += 1
+        elif spec.lowres is LowRes.ANTIALIAS:  # the S-px view itself
+            out[k] = small
+            k += 1
+        return k
 
     def __call__(self, images: Sequence[Image.Image] | Image.Image) -> ImageBatch:
         """Images → one ``pixel_values [v x c x S x S]`` holding every view, written in place."""

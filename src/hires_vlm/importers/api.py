@@ -10,7 +10,7 @@ from .llava import FORMATS, prepare_llava, prepare_llava_hf
 
 def prepare(fmt: str, src: str, *, vision: str | None = None, lm_dir: str | None = None,
             adapters: Sequence[str] = (), template: str | None = None, slime_router: str = "release",
-            init_missing: bool = False) -> ImportSpec:
+            init_missing: bool = False, pos_embed: str = "checkpoint") -> ImportSpec:
     """Read a checkpoint of format ``fmt`` into an :class:`ImportSpec` (nothing mapped yet)."""
     adapters = list(adapters or ())
     if fmt == "llava":
@@ -24,7 +24,7 @@ def prepare(fmt: str, src: str, *, vision: str | None = None, lm_dir: str | None
         from .slime import prepare_slime
 
         return prepare_slime(src, vision=vision, lm_dir=lm_dir, adapters=adapters, template=template,
-                             router=slime_router, init_missing=init_missing)
+                             router=slime_router, init_missing=init_missing, pos_embed=pos_embed)
     if fmt == "inf_llava":
         from .inf_llava import prepare_inf_llava
 

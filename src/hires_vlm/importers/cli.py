@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--slime-router", choices=("release", "head"), default="release",
                    help="SliME router: 'release' (default; the code the June 2024 checkpoints were trained with, "
                         "preset slime-release) or 'head' (the code after Nov 2024, preset slime)")
+    p.add_argument("--pos-embed", choices=("checkpoint", "recompute"), default="checkpoint",
+                   help="SliME's fixed position tables: keep the checkpoint's stored (fp16) values, the numbers the "
+                        "official code computes with (default), or recompute them in float32")
     p.add_argument("--template", help="conversation template (default: inferred from the tokenizer)")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -34,7 +37,7 @@ def _run(args) -> int:
     result = import_checkpoint(
         args.format, args.src, args.out, overwrite=args.overwrite, dtype=args.dtype, vision=args.vision,
         lm_dir=args.lm_dir, adapters=args.adapter, template=args.template, slime_router=args.slime_router,
-        init_missing=args.init_missing,
+        init_missing=args.init_missing, pos_embed=args.pos_embed,
     )
     n = len(result.remap.sources)
     print(f"imported {args.format} checkpoint {args.src} → {args.out} ({n} tensors mapped, "

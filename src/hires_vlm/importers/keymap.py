@@ -31,6 +31,7 @@ Check = Callable[[torch.Tensor], "str | None"]  # returns what is wrong, or None
 @dataclass
 class Load:
     target: str
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None  # may raise CheckpointMismatch
 
 
 @dataclass
@@ -58,8 +59,9 @@ class _Rule:
 class KeyMap:
     rules: list[_Rule] = field(default_factory=list)
 
-    def exact(self, src: str, dst: str) -> "KeyMap":
-        self.rules.append(_Rule("exact", src, lambda _k, d=dst: Load(d)))
+    def exact(self, src: str, dst: str, transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> "KeyMap":
+        """``src`` is loaded as ``dst`` (through ``transform``, which may refuse with CheckpointMismatch)."""
+        self.rules.append(_Rule("exact", src, lambda _k, d=dst, f=transform: Load(d, f)))
         return self
 
     def prefix(self, src: str, dst: str) -> "KeyMap":
@@ -152,6 +154,13 @@ def remap(ckpt: Checkpoint, keymap: KeyMap, target_shapes: dict[str, torch.Size]
             mismatched.append(f"{key} {_shape(src_shape)} → {target} expects {_shape(expected)}")
             continue
         tensor = ckpt.tensor(key)
+        if act.transform is not None:
+            try:
+                tensor = act.transform(tensor)
+            except CheckpointMismatch as err:  # err reads "(what it is): what is wrong"
+                failed.append(f"{key} {err}")
+                sources[target] = key  # given, though wrong: not also "missing"
+                continue
         if target in transforms:
             tensor = transforms[target](tensor)
             if tuple(tensor.shape) != expected:

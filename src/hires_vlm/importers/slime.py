@@ -14,7 +14,11 @@ source                                          ours
 ``.ln_post``
 ``model.mm_projector.w_gate``, ``.w_noise``     ``connector.mixture.gate.w_gate``, ``.w_noise``
 ``model.sampler.post_qformer.*``                ``connector.local_compressor.*``
-``*.pos_embed`` (fixed 2-D sin-cos, fp16)       checked against our table, not stored
+``*.pos_embed`` (fixed 2-D sin-cos, fp16)       ``*.pos_table``: checked against the 2-D sin-cos
+                                                table, then kept as stored (``pos_embed="checkpoint"``,
+                                                the official numbers) or recomputed in float32
+                                                (``"recompute"``); an all-NaN table (the official
+                                                "init error" branch rebuilds it) is recomputed
 ``model.mm_projector.mean``, ``.std``           constant buffers (0, 1) of the unused load
                                                 estimate: checked, not stored
 ==============================================  ===========================================
@@ -55,18 +59,31 @@ PROJ = "model.mm_projector."
 SAMPLER = "model.sampler."
 
 
-def sincos_check(dim: int, grid: int, what: str):
-    """The official ``pos_embed`` (a frozen parameter) against our 2-D sin-cos table; NaN is accepted,
-    since the official forward then rebuilds the table (its "init error" branch)."""
+POS_EMBED_MODES = ("checkpoint", "recompute")
+
+
+def pos_table(dim: int, grid: int, what: str, mode: str = "checkpoint"):
+    """The transform of an official ``pos_embed`` (a frozen parameter) into our ``pos_table`` buffer.
+
+    The table must be the 2-D sin-cos table of the grid (within fp16 storage error); ``checkpoint``
+    keeps its stored values — the numbers the official forward adds, so outputs match it, where a
+    float32 recomputation moves them by ≈ 2e-4 relative — and ``recompute`` uses ours. A table with
+    NaN is accepted and recomputed: the official forward then rebuilds it (its "init error" branch).
+    """
+    if mode not in POS_EMBED_MODES:
+        raise ValueError(f"pos_embed={mode!r} is not valid; choose one of {list(POS_EMBED_MODES)}")
     expected = sincos_2d(dim, grid)
     strict = close_to(expected, POS_EMBED_ATOL, what=f"the {grid}x{grid} 2-D sin-cos table")
 
-    def check(t: torch.Tensor) -> str | None:
+    def transform(t: torch.Tensor) -> torch.Tensor:
         if tuple(t.shape) == tuple(expected.shape) and torch.isnan(t.float()).any():
-            return None
-        return strict(t)
+            return expected
+        problem = strict(t)
+        if problem:
+            raise CheckpointMismatch(f"({what}): {problem}")
+        return t if mode == "checkpoint" else expected
 
-    return check
+    return transform
 
 
 def constant_check(value: float):
@@ -85,19 +102,20 @@ def _grid_of(queries: int, what: str) -> int:
     return g
 
 
-def slime_connector(km: KeyMap, cfg: dict, vis: VisionSource) -> None:
+def slime_connector(km: KeyMap, cfg: dict, vis: VisionSource, pos_embed: str = "checkpoint") -> None:
     dv = int(vis.config.hidden_size)
     g = int(vis.config.image_size) // int(vis.config.patch_size)
     q = _grid_of(cfg.get("mm_resampler_dim", 144), "mm_resampler_dim")
-    km.verify("^" + PROJ + r"attn\.pos_embed$", "global expert's fixed position table", sincos_check(dv, g, "global"))
+    km.exact(PROJ + "attn.pos_embed", "connector.mixture.resampler.pos_table", pos_table(dv, g, "global expert's fixed position table",
+                                                                                   pos_embed))
     km.verify("^" + PROJ + r"mean$", "unused gating buffer", constant_check(0.0))
     km.verify("^" + PROJ + r"std$", "unused gating buffer", constant_check(1.0))
     km.prefix(PROJ + "projection.", "connector.projector.")
     km.prefix(PROJ + "attn.", "connector.mixture.resampler.")
     km.exact(PROJ + "w_gate", "connector.mixture.gate.w_gate")
     km.exact(PROJ + "w_noise", "connector.mixture.gate.w_noise")
-    km.verify("^" + SAMPLER + r"post_qformer\.pos_embed$", "local compressor's fixed position table",
-              sincos_check(dv, q, "local"))
+    km.exact(SAMPLER + "post_qformer.pos_embed", "connector.local_compressor.pos_table",
+             pos_table(dv, q, "local compressor's fixed position table", pos_embed))
     km.prefix(SAMPLER + "post_qformer.", "connector.local_compressor.")
     km.refuse("^" + SAMPLER + r"selector\.", "the learnable 'qformer' router is not supported (SliME's models use "
               "mm_resampler_type 'cosine', which has no parameters)")
@@ -153,7 +171,14 @@ def slime_method(router: str):
 
 
 def prepare_slime(src: str, *, vision: str | None = None, lm_dir: str | None = None, adapters: Sequence[str] = (),
-                  template: str | None = None, router: str = "release", init_missing: bool = False) -> ImportSpec:
+                  template: str | None = None, router: str = "release", init_missing: bool = False,
+                  pos_embed: str = "checkpoint") -> ImportSpec:
+    if pos_embed not in POS_EMBED_MODES:
+        raise ValueError(f"pos_embed={pos_embed!r} is not valid; choose one of {list(POS_EMBED_MODES)}")
+
+    def connector(km, cfg, vis):
+        slime_connector(km, cfg, vis, pos_embed)
+
     return prepare_llava_family("slime", src, vision=vision, lm_dir=lm_dir, adapters=adapters, template=template,
-                                connector=slime_connector, method=slime_method(router),
+                                connector=connector, method=slime_method(router),
                                 allow_missing=("connector.",) if init_missing else ())

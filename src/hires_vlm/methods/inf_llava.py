@@ -46,6 +46,14 @@ class InfLlavaConfig(MethodConfig):
         square with the mean colour, resize) | 'center_crop' (official pre-training: the CLIP
         processor's resize of the shortest edge + centre crop, borders lost) | 'stretch' (paper:
         resize to the canvas) | 'fit' (keep aspect, pad black). A run-time field: a stage may set it.
+      canvas_source: 'image' (official training: the canvas is made from the image, ``train.py``
+        scales the CLIP processor to 1008) | 'view' (official inference: ``model/builder.py``
+        returns the hub's 336-px processor, so the eval scripts and ``serve/cli.py`` feed one
+        336² view, which ``encode_images`` upsamples bicubically to 1008 before cropping). A
+        run-time field (``hires-vlm eval --method-runtime canvas_source=view``). Which one the
+        paper's tables used cannot be told: the repository's eval scripts are LLaVA-1.5's,
+        unchanged (they import ``llava.*``), and the lmms-eval setup the README names was not
+        released; the repository's own inference path is 'view'.
       cropping: 'dual' (contiguous + strided tiles) | 'local' (contiguous only) | 'global'
         (strided only; Table 6). With one cropping its map plays both roles in the DEM.
     Enhancement (DEM)
@@ -73,12 +81,13 @@ class InfLlavaConfig(MethodConfig):
 
     name: ClassVar[str] = "inf_llava"
     # The official code pre-trains on resize + centre-crop and fine-tunes on pad-to-square: a stage may switch.
-    runtime_fields: ClassVar[tuple[str, ...]] = ("canvas",)
+    runtime_fields: ClassVar[tuple[str, ...]] = ("canvas", "canvas_source")
 
     grid_rule: Literal["fixed", "floor"] = "fixed"
     fixed_grid: tuple[int, int] = (3, 3)
     max_grid: tuple[int, int] = (3, 3)
     canvas: Literal["pad_square", "stretch", "fit", "center_crop"] = "pad_square"
+    canvas_source: Literal["image", "view"] = "image"
     cropping: Literal["dual", "local", "global"] = "dual"
     enhancement: Literal["dem", "none"] = "dem"
     directions: Literal["both", "global_query", "local_query"] = "both"
@@ -125,6 +134,7 @@ class InfLlavaConfig(MethodConfig):
             max_cols=self.max_grid[0], max_rows=self.max_grid[1], canvas=self.canvas, global_view="none",
             local_tiles=self.uses_local, strided_tiles=self.uses_global,
             lowres="none" if self.dual_resolution == "none" else self.lowres, mean=mean, std=std,
+            canvas_from_view=self.canvas_source == "view",
         )
 
     def output_grid(self, grid: int) -> int:

@@ -49,6 +49,10 @@ from .base import Dims, MethodConfig, MethodOutput, TextContext, VisualMethod
 from .registry import register_method, register_preset
 
 
+#: The global-view token count at which the official GatedBlock mixes its experts (24×24).
+OFFICIAL_GATED_TOKENS = 576
+
+
 def sliced_imaging_spec(tile_size: int, mean, std, *, grid_rule: str, max_tiles: int, max_cols: int, max_rows: int,
                         global_view: str, tiles: bool = True) -> ImagingSpec:
     """Views of SliME-style slicing (also used by ``monkey``): global view + fit-and-pad tiles, row-major."""
@@ -82,6 +86,9 @@ class SlimeConfig(MethodConfig):
     # ---- global mixture of adapters
     gate_noise: Literal["official", "paper", "none"] = "official"  # official: N(0,1)·(softplus(xW_g)+0.01)
     gate_mode: Literal["mix", "mlp", "resampler"] = "mix"  # run-time: official mm_learnable_gated
+    # official: the GatedBlock mixes only a global view of exactly 576 tokens (CLIP-L/336's 24×24) and
+    # returns the MLP alone for any other count; never: the mixture whatever the tower (the paper)
+    gate_bypass: Literal["official", "never"] = "official"
     resampler_heads: int | None = None  # None: vision width // 128 (official); tiny configs use 4
     # ---- local compression
     local_queries: int = 144  # N_q per tile, a square number (12×12 at S = 336)
@@ -92,7 +99,9 @@ class SlimeConfig(MethodConfig):
     router_noise_std: float = 0.1  # training only
     router_pre_softmax: float | None = None  # official before Nov 2024: 0.5 (extra softmax before the noise)
     router_cutoff: Literal["official", "reach", "within"] = "official"
-    router_text: Literal["prompt", "all"] = "prompt"  # the official code feeds all text (answers too) in training
+    # run-time. all: every text token, the answer too in training (official get_pure_text_embedding, its
+    # label masking commented out — a leak its author acknowledged); prompt: the prompt only (our fix)
+    router_text: Literal["all", "prompt"] = "all"
     # ---- layout
     separator: Literal["token", "learned", "none"] = "token"
     separator_token_id: int | None = None  # official: id of ',' (Llama-3: 11); filled from the tokenizer
@@ -200,7 +209,10 @@ class SlimeMethod(VisualMethod):
                 raise ValueError("slime needs exactly one global view per image; cut the images with this "
                                  "method's imaging spec")
             feats = torch.stack([p[i[0]] for p, i in zip(per_image, gi)])
-            toks, weights = self.mixture(feats, self.projector, cfg.gate_mode)
+            mode = cfg.gate_mode
+            if cfg.gate_bypass == "official" and feats.shape[1] != OFFICIAL_GATED_TOKENS:
+                mode = "mlp"  # GatedBlock.forward: `if x.shape[1] != 576: return self.projection(x)`
+            toks, weights = self.mixture(feats, self.projector, mode)
             global_tokens = list(toks.unbind(0))
             aux["gate_weights"] = [w.detach() for w in weights.unbind(0)]
 
@@ -253,13 +265,15 @@ class SlimeMethod(VisualMethod):
 
 def slime_paper_config() -> SlimeConfig:
     """SliME as the paper describes it (every field the paper fixes; the rest as official)."""
-    return SlimeConfig(grid_rule="slime_paper", global_view="pad", gate_noise="paper", router_aggregate="mean",
-                       router_cutoff="reach", router_text="prompt", separator="learned")
+    return SlimeConfig(grid_rule="slime_paper", global_view="pad", gate_noise="paper", gate_bypass="never",
+                       router_aggregate="mean", router_cutoff="reach", router_text="prompt", separator="learned")
 
 
-# Router text: the user's prompt (DESIGN's default) in both presets. The official code also feeds the
-# answer tokens during training — a leak its author acknowledged; ``router_text: all`` reproduces it.
-# At inference there is no answer, so the two agree and released checkpoints behave the same.
+# ``slime`` is the official code exactly: the router reads every text token (in training the answer
+# too) and the mixture runs only on 576-token global views. Recipes that want our fix set
+# ``router_text: prompt`` (the demo and the tiny configs do; so does the paper preset, whose text says
+# the router compares the image with the instruction). At inference there is no answer, so the two
+# agree and released checkpoints behave the same.
 register_preset("slime", lambda: SlimeConfig())
 register_preset("slime-paper", slime_paper_config)
 # The official code until Nov 2024 (when the released checkpoints were trained, presumably): an extra
