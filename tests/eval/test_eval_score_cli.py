@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hires_vlm.cli import main
 from hires_vlm.eval.cli_score import add_parser, run
 from hires_vlm.eval.score import print_table, read_predictions, score_predictions, write_predictions
 
@@ -71,7 +72,7 @@ def test_score_predictions_only_predicted(tmp_path):
     assert (full["accuracy"], full["n_missing"]) == (pytest.approx(50.0), 1)
     assert (part["accuracy"], part["n_missing"], part["n"]) == (pytest.approx(100.0), 0, 1)
     q = _write(tmp_path / "b.jsonl", [{"question_id": "nope", "text": "x"}])
-    with pytest.raises(ValueError, match="none of the 1 predicted"):
+    with pytest.raises(ValueError, match="1 of the 1 answers match no question"):
         score_predictions("textvqa", q, FIX / "textvqa", only_predicted=True)
 
 
@@ -137,3 +138,46 @@ def test_cli_module_subprocess(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["accuracy"] == pytest.approx(50.0)
+
+
+def _pope_dir(root: Path, n: int = 4) -> Path:
+    root.mkdir(parents=True)
+    for split in ("random", "popular", "adversarial"):
+        with open(root / f"coco_pope_{split}.json", "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"question_id": i + 1, "image": f"COCO_val2014_{i}.jpg", "text": f"Is there a {split}?",
+                                    "label": "yes" if i % 2 == 0 else "no"}) + "\n")
+    return root
+
+
+def test_plain_pope_ids_are_an_error_that_says_why_not_a_zero(tmp_path):
+    """Regression: plain ids of coco_pope_random.json over all three splits reported accuracy 0 and exit 0."""
+    ann = _pope_dir(tmp_path / "pope")
+    answers = _write(tmp_path / "a.jsonl", [{"question_id": i + 1, "text": "Yes"} for i in range(4)])
+    with pytest.raises(ValueError, match="answers match no question") as err:
+        score_predictions("pope", answers, ann)
+    assert "'random/1'" in str(err.value) and "splits=random" in str(err.value)
+    assert main(["score", "--benchmark", "pope", "--predictions", str(answers), "--annotations", str(ann)]) == 2
+    # One split given, as the file or as an option: the plain ids are that split's.
+    by_file = score_predictions("pope", answers, ann / "coco_pope_random.json")
+    by_option = score_predictions("pope", answers, ann, splits="random")
+    assert by_file["random/accuracy"] == by_option["random/accuracy"] == 50.0 and by_file["n_missing"] == 0
+
+
+def test_llava_pope_answer_files_score_as_llava_s_eval_pope(tmp_path):
+    """LLaVA: ``model_vqa_loader.py`` answers llava_pope_test.jsonl (global ids, 'category' = split);
+    ``eval_pope.py`` then zips each category's answers, in file order, with coco_pope_<category>.json's labels."""
+    ann = _pope_dir(tmp_path / "pope" / "coco")
+    questions, answers, qid = [], [], 1000
+    texts = {"random": ["Yes", "No", "No", "No"], "popular": ["Yes", "Yes", "Yes", "Yes"],
+             "adversarial": ["No", "No", "No", "No"]}
+    for split in ("adversarial", "popular", "random"):
+        for i in range(4):
+            questions.append({"question_id": qid, "image": f"COCO_val2014_{i}.jpg", "text": "?", "category": split})
+            answers.append({"question_id": qid, "prompt": "?", "text": texts[split][i]})
+            qid += 1
+    _write(tmp_path / "pope" / "llava_pope_test.jsonl", questions)  # LLaVA's playground/data/eval/pope layout
+    m = score_predictions("pope", _write(tmp_path / "ans.jsonl", answers), ann)
+    # By eval_pope.py's rule: labels yes, no, yes, no in every split.
+    assert m["random/accuracy"] == 75.0 and m["popular/accuracy"] == 50.0 and m["adversarial/accuracy"] == 50.0
+    assert m["n_missing"] == 0 and m["n_extra"] == 0

@@ -239,3 +239,36 @@ def test_the_lmms_eval_cli_scores_multiple_choice_right_by_default(tiny_dir, tmp
     assert files, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.loads(files[-1].read_text())["results"]["hires_vlm_local_mc_known"]
     assert results["acc,none"] == expected_acc
+
+
+LAUNCH = """
+import logging
+import sys
+
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+from lmms_eval.__main__ import cli_evaluate
+
+sys.exit(cli_evaluate())
+"""
+
+
+@pytest.mark.slow
+def test_lmms_eval_under_torchrun_shards_the_requests_by_rank(tiny_dir, tmp_path):
+    """2 CPU processes: each rank gets half of the requests (lmms-eval shards by the plugin's rank and
+    world size, read from torchrun's / accelerate's RANK and WORLD_SIZE), and the score is the whole's."""
+    launch = tmp_path / "launch.py"
+    launch.write_text(LAUNCH)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "LMMS_EVAL_DATASETS_CACHE": str(tmp_path / "d")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
+           str(launch), "--model", "hires_vlm", "--model_args", f"pretrained={tiny_dir}", "--tasks",
+           "hires_vlm_local_mc_known", "--include_path", str(TASK_DIR), "--batch_size", "2", "--device", "cpu",
+           "--output_path", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    n_docs = len((TASK_DIR / "known.jsonl").read_text().splitlines())
+    for rank in (0, 1):  # 2 choices per doc, half the docs per rank
+        assert f"hires_vlm rank {rank} of 2: {n_docs} loglikelihood requests" in log, log[-3000:]
+    files = sorted((tmp_path / "out").rglob("*results*.json"))
+    assert json.loads(files[-1].read_text())["results"]["hires_vlm_local_mc_known"]["acc,none"] == 1.0

@@ -252,3 +252,84 @@ def test_cli_eval_prints_the_table_and_writes_the_report(tiny_dir, tmp_path, cap
     # Bad input: exit code 2 and one line naming the problem.
     assert main(argv[:6] + [str(tmp_path / "nowhere")] + argv[7:]) == 2
     assert "coco_pope_" in capsys.readouterr().err
+
+
+def test_a_different_model_never_reuses_the_answers_of_another(tmp_path, tiny_dir):
+    """Regression (issue 14): runs/demo-quick/…/final and runs/demo/…/final shared eval_results/<last three
+    parts>, and the second model silently scored the first one's answers."""
+    import shutil
+
+    from hires_vlm.eval.cli_eval import default_out
+    from hires_vlm.tiny import build_tiny
+
+    data = _write_pope(tmp_path / "pope", 6)
+    a = tmp_path / "runs" / "demo" / "models" / "x" / "final"
+    b = tmp_path / "runs" / "demo-quick" / "models" / "x" / "final"
+    shutil.copytree(tiny_dir, a)
+    model, proc = build_tiny("llava_hd", seed=1)  # another model, same layout and folder names
+    model.save_pretrained(b)
+    proc.save_pretrained(b)
+    assert runner.default_model_id(a) == runner.default_model_id(b)
+    assert default_out(a, "pope") != default_out(b, "pope")
+    out = tmp_path / "shared"
+    evaluate(str(a), "pope", data, out, max_new_tokens=2, progress=False)
+    with pytest.raises(ValueError, match="model_fingerprint"):
+        evaluate(str(b), "pope", data, out, max_new_tokens=2, progress=False)
+    for change, match in ((dict(max_new_tokens=3), "max_new_tokens"), (dict(batch_size=2), "batch_size"),
+                          (dict(method_runtime={"branches": "global"}), "cannot change at run time")):
+        kwargs = {"max_new_tokens": 2, **change}
+        with pytest.raises(ValueError, match=match):
+            evaluate(str(a), "pope", data, out, progress=False, **kwargs)
+    again = evaluate(str(a), "pope", data, out, max_new_tokens=2, progress=False)  # the same run: resumed
+    assert again["counts"]["n_resumed"] == 6 and again["counts"]["n_generated"] == 0
+
+
+def test_answers_without_a_run_record_are_not_resumed(tmp_path, tiny_dir):
+    data = _write_pope(tmp_path / "pope", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / PREDICTIONS_FILE).write_text(json.dumps({"question_id": "random/0", "text": "yes"}) + "\n")
+    with pytest.raises(ValueError, match="did not record which model"):
+        evaluate(str(tiny_dir), "pope", data, out, max_new_tokens=2, progress=False)
+
+
+def _torchrun_eval(model_dir, data, out, port, *extra):
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "hires_vlm.cli", "eval", "--model", str(model_dir), "--benchmark", "pope", "--data", str(data),
+           "--out", str(out), "--batch-size", "2", "--max-new-tokens", "3", "--no-progress", *extra]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_torchrun_eval_gives_the_single_process_answers_and_resumes(tmp_path, tiny_dir):
+    """2 CPU processes (gloo): rank r answers batches r, r+2, …; rank 0 merges the shards in question order.
+    The merged file is byte for byte the one process's, also after a kill left partial shards."""
+    import torch
+
+    data = _write_pope(tmp_path / "pope", 11)
+    torch.set_num_threads(1)  # the ranks run one thread each: the same arithmetic
+    single = evaluate(str(tiny_dir), "pope", data, tmp_path / "single", batch_size=2, max_new_tokens=3,
+                      progress=False)
+    reference = (tmp_path / "single" / PREDICTIONS_FILE).read_bytes()
+    _torchrun_eval(tiny_dir, data, tmp_path / "multi", 29541)
+    assert (tmp_path / "multi" / PREDICTIONS_FILE).read_bytes() == reference
+    assert not list((tmp_path / "multi").glob("predictions.rank*"))
+    scores = json.loads((tmp_path / "multi" / SCORES_FILE).read_text())
+    assert scores["metrics"] == single["metrics"] and scores["counts"]["n_generated"] == 11
+
+    # A kill: rank 0 had written batches 0 and 2 and half a line, rank 1 batch 1; nothing merged yet.
+    out = tmp_path / "killed"
+    out.mkdir()
+    rows = reference.decode().splitlines(keepends=True)
+    (out / RUN_FILE).write_text((tmp_path / "multi" / RUN_FILE).read_text())
+    (out / "predictions.rank0.jsonl").write_text(rows[0] + rows[1] + rows[4] + rows[5] + rows[8][:20])
+    (out / "predictions.rank1.jsonl").write_text(rows[2] + rows[3])
+    _torchrun_eval(tiny_dir, data, out, 29542)
+    assert (out / PREDICTIONS_FILE).read_bytes() == reference
+    resumed = json.loads((out / SCORES_FILE).read_text())
+    assert resumed["counts"]["n_resumed"] == 6 and resumed["counts"]["n_generated"] == 5

@@ -60,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N questions")
     parser.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="questions per batch (8)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help=f"output folder (default: {DEFAULT_OUT_ROOT}/<model>/<benchmark>)")
+                        help=f"output folder (default: {DEFAULT_OUT_ROOT}/<model>-<fingerprint>/<benchmark>)")
     parser.add_argument("--max-new-tokens", type=_positive_int, default=128, metavar="N",
                         help="answer length limit in tokens (128)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
@@ -68,6 +68,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="load the weights in this dtype (default: as saved)")
     parser.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
                         help="benchmark loader option, e.g. split=all for ai2d (repeatable)")
+    parser.add_argument("--method-runtime", action="append", type=_option, default=[], metavar="KEY=VALUE",
+                        help="change a run-time field of the model's method for this run, e.g. gamma=0.5 (SliME) or "
+                             "canvas_source=view (INF-LLaVA's official inference path) (repeatable)")
     parser.add_argument("--overwrite", action="store_true",
                         help="discard answers already in the output folder instead of continuing them")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -76,26 +79,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def default_out(model_dir: Path, benchmark: str) -> Path:
+def default_out(model_dir: Path, benchmark: str, method_runtime: dict | None = None) -> Path:
+    """``eval_results/<model id>-<fingerprint>/<benchmark>[-<runtime fields>]``: two models never share
+    a folder, even when their paths end alike (``runs/demo/…/final`` and ``runs/demo-quick/…/final``)."""
+    from ..model.loading import model_fingerprint
     from .runner import default_model_id
 
-    return Path(DEFAULT_OUT_ROOT) / default_model_id(model_dir) / benchmark
+    fp = model_fingerprint(model_dir).split(":", 1)[1][:10]
+    suffix = "".join(f"-{k}={v}" for k, v in sorted((method_runtime or {}).items()))
+    return Path(DEFAULT_OUT_ROOT) / f"{default_model_id(model_dir)}-{fp}" / f"{benchmark}{suffix}"
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``eval``; returns the process exit code."""
     from .runner import evaluate
 
-    out = args.out or default_out(args.model, args.benchmark)
     try:
+        out = args.out or default_out(args.model, args.benchmark, dict(args.method_runtime))
         report = evaluate(
             args.model, args.benchmark, args.data, out, limit=args.limit, batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
-            benchmark_options=dict(args.option), overwrite=args.overwrite, progress=not args.no_progress,
+            benchmark_options=dict(args.option), method_runtime=dict(args.method_runtime), overwrite=args.overwrite,
+            progress=not args.no_progress,
         )
     except (ValueError, BenchmarkDataError, FileNotFoundError) as err:
         print(f"hires-vlm eval: error: {err}", file=sys.stderr)
         return 2
+    from .distributed import rank_world
+
+    if rank_world()[0] != 0:  # under torchrun: rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(report))
         return 0

@@ -145,6 +145,10 @@ class HiResVLMLmms(lmms):
         if device is None or (device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1):
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         self._model, self.processor = load_model(pretrained, device, dtype)
+        # Data parallel under torchrun / accelerate launch: lmms-eval shards the requests by these
+        # (its build_all_requests(rank, world_size)), and gathers the results on rank 0.
+        self._rank = int(os.environ.get("RANK", "0"))
+        self._world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self._batch_size = max(1, _as_int(batch_size, "batch_size"))
         self.max_new_tokens = _as_int(max_new_tokens, "max_new_tokens")
         self.pretrained = pretrained
@@ -233,6 +237,7 @@ class HiResVLMLmms(lmms):
     def generate_until(self, requests: list[Instance]) -> list[str]:
         from tqdm.auto import tqdm
 
+        logger.info("hires_vlm rank %d of %d: %d generate_until requests", self.rank, self.world_size, len(requests))
         results: list[str | None] = [None] * len(requests)
         groups: dict[str, list[int]] = {}
         for i, req in enumerate(requests):
@@ -267,6 +272,7 @@ class HiResVLMLmms(lmms):
         return [], list(full)
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        logger.info("hires_vlm rank %d of %d: %d loglikelihood requests", self.rank, self.world_size, len(requests))
         pairs = self.loglikelihood_pairs(requests)
         if (self.loglikelihood_mode == "logprob" and lmms_eval_picks_minimum()
                 and not getattr(self, "_warned_argmin", False)):

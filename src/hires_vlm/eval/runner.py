@@ -56,7 +56,10 @@ RUN_FILE = "run.json"
 REPLACED_PREFIX = ".replaced-"  # an --overwrite run's predecessor, kept until the new run completes
 # Fields of run.json that must match for a resume: answers of another model, benchmark or
 # decoding budget must not be mixed into one file.
-RUN_IDENTITY = ("benchmark", "data", "model_id", "max_new_tokens", "benchmark_options")
+# ``model_fingerprint`` (``hires_vlm.model.loading``) tells two models apart whatever their folders are
+# called; the batch size is part of the identity because padding changes the numbers.
+RUN_IDENTITY = ("benchmark", "data", "model_fingerprint", "method_runtime", "dtype", "max_new_tokens",
+                "batch_size", "benchmark_options")
 MAX_SKIP_EXAMPLES = 20
 
 
@@ -183,18 +186,22 @@ def read_answered(path: Path) -> tuple[set[str], int]:
             f.truncate(keep)
             f.flush()
             os.fsync(f.fileno())
-    answered = set()
-    for line in data[:keep].decode("utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
+    return answered_ids(path), cut
+
+
+def answered_ids(path: Path) -> set[str]:
+    """The ids answered in ``path``, read only (another process may still be writing it)."""
+    out = set()
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            logger.warning("%s: ignoring a line that is not JSON", path)
             continue
         if isinstance(row, dict) and row.get("question_id") is not None and isinstance(row.get("text"), str):
-            answered.add(str(row["question_id"]).strip())
-    return answered, cut
+            out.add(str(row["question_id"]).strip())
+    return out
 
 
 def append_rows(f, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -223,13 +230,16 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 def _check_resume(out_dir: Path, identity: dict[str, Any]) -> None:
     run_file = out_dir / RUN_FILE
-    if not run_file.exists():
+    if not run_file.exists() and not (out_dir / PREDICTIONS_FILE).exists():
         return
     try:
         previous = json.loads(run_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        return
-    differ = [k for k in RUN_IDENTITY if k in previous and previous[k] != identity[k]]
+        previous = {}
+    if "model_fingerprint" not in previous:
+        raise ValueError(f"{out_dir} holds answers of a run that did not record which model wrote them (an earlier "
+                         "hires-vlm); use another output folder, or --overwrite to start afresh")
+    differ = [k for k in RUN_IDENTITY if previous.get(k) != identity[k]]
     if differ:
         details = "; ".join(f"{k}: {previous[k]!r} there, {identity[k]!r} now" for k in differ)
         raise ValueError(
@@ -251,6 +261,7 @@ def evaluate(
     dtype: str | None = None,
     model_id: str | None = None,
     benchmark_options: Mapping[str, Any] | None = None,
+    method_runtime: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
     on_batch: Callable[[int, list[dict[str, Any]]], None] | None = None,
@@ -260,6 +271,10 @@ def evaluate(
     ``model``: a saved model directory, or a ``(model, processor)`` pair (then ``device``, if given,
     moves the model). ``limit``: only the first ``limit`` questions, in file order; they alone are
     scored. ``benchmark_options`` go to the loader (e.g. ``{"split": "all"}`` for AI2D).
+    ``method_runtime`` changes the method's run-time fields for this run (SliME's ``gamma``,
+    INF-LLaVA's ``canvas_source``, …). A folder that already holds answers is continued only when
+    the model (its fingerprint), benchmark, data and generation settings are the same; otherwise the
+    run is refused naming the difference.
     ``on_batch(k, rows)`` is called after batch ``k`` (0-based) is on disk. Files written under
     ``out_dir``: ``predictions.jsonl``, ``run.json`` and, at the end, ``scores.json`` (the report).
     """
@@ -284,14 +299,19 @@ def evaluate(
 
     out = Path(out_dir)
     pred_path = out / PREDICTIONS_FILE
-    identity = {"benchmark": benchmark, "data": os.path.abspath(os.fspath(data)), "model_id": model_id,
-                "max_new_tokens": max_new_tokens, "benchmark_options": options}
-    if not overwrite:
-        _check_resume(out, identity)
+    runtime = dict(method_runtime or {})
 
     # Every input is checked (benchmark data above, the model here) before an old result is touched.
+    from ..model import HiResVLMProcessor
+    from ..model.loading import model_fingerprint, state_fingerprint
+
+    from . import distributed as dist
+
+    rank, world = dist.rank_world()
+    device = device or dist.local_device()
     if model_path is not None:
         net, processor = load_model(model_path, device, dtype)
+        fingerprint = model_fingerprint(model_path)
     else:
         net, processor = model
         if device is not None:
@@ -301,14 +321,31 @@ def evaluate(
 
             net = net.to(getattr(torch, dtype))
         net.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        _set_aside(out)  # deleted only once this run has written its scores
-    write_json_atomic(out / RUN_FILE, {**identity, "model": model_path, "batch_size": batch_size, "limit": limit})
+        fingerprint = state_fingerprint(net)
+    if runtime:
+        net.set_method_runtime(**runtime)
+        processor = HiResVLMProcessor(processor.tokenizer, net.config)
+    identity = {"benchmark": benchmark, "data": os.path.abspath(os.fspath(data)), "model_id": model_id,
+                "model_fingerprint": fingerprint, "method_runtime": runtime,
+                "dtype": str(net.dtype).removeprefix("torch."), "max_new_tokens": max_new_tokens,
+                "batch_size": batch_size, "benchmark_options": options}
+    dist.ensure_group(str(net.device))
+    if not overwrite:
+        _check_resume(out, identity)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            _set_aside(out)  # deleted only once this run has written its scores
+        write_json_atomic(out / RUN_FILE, {**identity, "model": model_path, "limit": limit})
+    dist.barrier()
 
-    answered, cut = read_answered(pred_path)
+    own = pred_path if world == 1 else dist.shard_path(out, rank)
+    answered, cut = read_answered(own)  # this process's file: a partial last line is cut
     if cut:
-        logger.warning("%s: dropped a partial last line (%d bytes) left by an interrupted run", pred_path, cut)
+        logger.warning("%s: dropped a partial last line (%d bytes) left by an interrupted run", own, cut)
+    for other in [pred_path, *dist.shards(out)]:  # what other processes (or an earlier run) answered
+        if other != own:
+            answered |= answered_ids(other)
     selected = list(bench.samples(limit))
     n_resumed = sum(1 for s in selected if s.question_id in answered)
     todo_total = len(selected) - n_resumed
@@ -318,9 +355,11 @@ def evaluate(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=todo_total, desc=f"{benchmark}", unit="q", disable=not progress or todo_total == 0)
-    with open(pred_path, "a", encoding="utf-8") as f:
+    bar = tqdm(total=todo_total, desc=f"{benchmark}", unit="q", disable=not progress or todo_total == 0 or rank > 0)
+    with open(own, "a", encoding="utf-8") as f:
         for k, batch in enumerate(bench.batches(batch_size, limit)):
+            if k % world != rank:  # batch k belongs to rank k mod N: the batches of one process, shared out
+                continue
             todo = [s for s in batch if s.question_id not in answered]
             if not todo:
                 continue
@@ -349,11 +388,26 @@ def evaluate(
                     rows.append(prediction_row(sample, text, model_id))
             append_rows(f, rows)
             n_generated += len(rows)
-            bar.update(len(todo))
+            bar.update(len(todo) * world)
             bar.set_postfix(skipped=sum(skipped.values()), refresh=False)
             if on_batch is not None:
                 on_batch(k, rows)
     bar.close()
+    parts = dist.gather({"skipped": dict(skipped), "examples": skip_examples, "generated": n_generated,
+                         "answered": sorted(answered)})
+    dist.barrier()  # every shard is complete
+    skipped = Counter()
+    skip_examples = []
+    for part in parts:
+        skipped.update(part["skipped"])
+        skip_examples += part["examples"]
+    skip_examples = skip_examples[:MAX_SKIP_EXAMPLES]
+    n_generated = sum(part["generated"] for part in parts)
+    answered = set().union(*(set(part["answered"]) for part in parts))
+    if rank != 0:
+        dist.barrier()  # rank 0 merges and scores
+        return dist.broadcast(None)
+    dist.merge(out, pred_path, [s.question_id for s in selected])
 
     report = {
         "benchmark": benchmark,
@@ -385,6 +439,9 @@ def evaluate(
     write_json_atomic(out / SCORES_FILE, report)
     for old in out.glob(f"{REPLACED_PREFIX}*"):
         shutil.rmtree(old, ignore_errors=True)
+    if world > 1:
+        dist.barrier()
+        dist.broadcast(report)
     return report
 
 

@@ -5,7 +5,10 @@ answer (other fields such as ``prompt`` and ``model_id`` are ignored). Answers a
 questions by ``question_id`` (as strings). A line that is not a JSON object with both fields is
 skipped and counted (``n_malformed_lines``); when an id occurs twice the last line wins and the
 repeat is counted (``n_duplicates``). Questions without an answer count as wrong (``n_missing``);
-answers to unknown ids are ignored (``n_extra``).
+answers to unknown ids are ignored (``n_extra``) — but a file where *most* answers match no question
+is an error that shows both kinds of ids (:func:`check_ids`), never a silent zero. Answer files of
+other tools are first put under the benchmark's ids where the benchmark knows how
+(``Benchmark.align``: LLaVA's POPE answer files).
 
 For MMBench, LLaVA's ``model_vqa_mmbench.py --all-rounds`` writes every circular pass under the
 same ``question_id`` with a ``round_id``; such a line is read as id ``question_id + round_id·1e6``,
@@ -75,6 +78,32 @@ def write_predictions(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> in
     return n
 
 
+#: How each benchmark's question ids look, for the message of :func:`check_ids`.
+ID_HINTS = {
+    "pope": "'<split>/<question_id>' (e.g. 'random/1'); plain ids score when one split is given "
+            "(--annotations DIR/coco_pope_random.json, or --option splits=random), LLaVA's answer files when "
+            "its llava_pope_test.jsonl is beside the annotations (or --option question_file=FILE)",
+    "mme": "'<subtask>/<image file>#<question number>'",
+    "mmbench": "the TSV's 'index' (later circular passes: index + round·1e6)",
+    "synthetic": "the records' 'id'",
+    "chartqa": "'<split>/<line number>'",
+}
+
+
+def check_ids(benchmark: str, predictions: Mapping[str, str], annotations: Mapping[str, Any]) -> None:
+    """Refuse an answer file whose ids do not fit the benchmark (empty, or most ids unknown)."""
+    if not predictions:
+        raise ValueError(f"{benchmark}: the answer file holds no answer (JSON Lines with question_id and text)")
+    unknown = [k for k in predictions if k not in annotations]
+    if 2 * len(unknown) > len(predictions):
+        theirs = ", ".join(repr(k) for k in list(annotations)[:3])
+        raise ValueError(
+            f"{benchmark}: {len(unknown)} of the {len(predictions)} answers match no question (answer ids like "
+            f"{', '.join(repr(k) for k in unknown[:3])}; the benchmark's ids look like {theirs}). Expected: "
+            f"{ID_HINTS.get(benchmark, 'the question ids of the benchmark files')}"
+        )
+
+
 def score_predictions(
     benchmark: str,
     predictions_path: str | Path,
@@ -93,6 +122,8 @@ def score_predictions(
     bench = spec.load(annotations_path, **loader_options)
     annotations = bench.annotations()
     predictions, counts = read_predictions(predictions_path, mmbench_rounds=benchmark == "mmbench")
+    predictions = bench.align(predictions)
+    check_ids(benchmark, predictions, annotations)
     if only_predicted:
         annotations = {k: v for k, v in annotations.items() if k in predictions}
         if not annotations:

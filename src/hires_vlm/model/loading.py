@@ -46,3 +46,50 @@ def load_model(model_dir: str | os.PathLike, device: str | None = None, dtype: s
     model = HiResVLM.from_pretrained(path, **kwargs).to(device).eval()
     processor = HiResVLMProcessor.from_pretrained(path)
     return model, processor
+
+
+FINGERPRINT_SAMPLES = 16  # evenly spaced 64 KiB reads per weight file
+_SAMPLE = 1 << 16
+
+
+def model_fingerprint(model_dir: str | os.PathLike) -> str:
+    """A short, cheap identity of a saved model: its JSON files, and for each safetensors file its
+    name, size, header (every tensor's name, dtype, shape and offsets) and 16 evenly spaced 64 KiB
+    samples of its data. Two trainings of one architecture differ in the samples; reading them costs
+    about 1 MiB per file, whatever the model's size."""
+    import hashlib
+    import struct
+
+    path = check_model_dir(model_dir)
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.suffix == ".json" and f.name != "import_report.json":
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+        elif f.suffix == ".safetensors":
+            size = f.stat().st_size
+            h.update(f"{f.name}\0{size}".encode())
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                h.update(fh.read(min(n, size)))
+                start = 8 + n
+                span = max(size - start - _SAMPLE, 0)
+                for k in range(FINGERPRINT_SAMPLES):
+                    fh.seek(start + span * k // max(FINGERPRINT_SAMPLES - 1, 1))
+                    h.update(fh.read(_SAMPLE))
+    return "sha256:" + h.hexdigest()[:24]
+
+
+def state_fingerprint(model) -> str:
+    """The same kind of identity for a model in memory: every tensor's name, dtype and shape, and
+    4096 of its values (evenly spaced)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        flat = t.detach().reshape(-1)
+        idx = torch.linspace(0, max(flat.numel() - 1, 0), min(flat.numel(), 4096)).long()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}".encode())
+        h.update(flat[idx].cpu().float().numpy().tobytes())
+    return "sha256:" + h.hexdigest()[:24]

@@ -53,7 +53,7 @@ class Collector:
         if annotation is not None:
             self.annotations[qid] = annotation
 
-    def build(self, name: str, root: Path, scorer: Callable[..., dict], image_roots=()) -> Benchmark:
+    def build(self, name: str, root: Path, scorer: Callable[..., dict], image_roots=(), align=None) -> Benchmark:
         """The benchmark; a sample whose image file lies outside ``root`` and ``image_roots`` (the
         folders the user gave) is skipped and counted — the package's one path rule (``fsio``)."""
         roots = [root, *image_roots]
@@ -65,7 +65,7 @@ class Collector:
             else:
                 self.skip("image path outside the data folder")
                 self.annotations.pop(qid_key(sample.question_id), None)
-        return Benchmark(name, root, kept, self.annotations, scorer, self.skipped)
+        return Benchmark(name, root, kept, self.annotations, scorer, self.skipped, align=align)
 
 
 def _inside(path, roots) -> bool:

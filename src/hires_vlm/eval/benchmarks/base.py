@@ -127,8 +127,11 @@ class Benchmark:
         annotations: Mapping[str, Any],
         scorer: Callable[[Mapping[Any, Any], Mapping[Any, Any]], dict],
         skipped: Counter | None = None,
+        align: Callable[["Benchmark", dict[str, str]], dict[str, str]] | None = None,
     ):
         self.name = name
+        # Maps an answer file's ids to this benchmark's (e.g. LLaVA's POPE answer files); None: as they are.
+        self._align = align
         self.root = Path(root)
         self._samples = list(samples)
         self._annotations = {qid_key(k): v for k, v in annotations.items()}
@@ -175,6 +178,10 @@ class Benchmark:
                 f"{self.name}: the data under {self.root} has no ground-truth answers to score against"
             )
         return dict(self._annotations)
+
+    def align(self, predictions: dict[str, str]) -> dict[str, str]:
+        """An answer file's ``{id: text}`` (in file order) under this benchmark's question ids."""
+        return self._align(self, predictions) if self._align is not None else predictions
 
     def score(self, predictions: Mapping[Any, Any]) -> dict:
         """Score ``{question_id: answer text}`` with this benchmark's scorer."""
