@@ -253,10 +253,9 @@ def evaluate_entry(model_dir: str, data_dir: str, budget: Budget, runtime: dict,
 
 # ---------------------------------------------------------------------------------------- output
 def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from . import fsio
+
+    fsio.atomic_write(path, text)
 
 
 def _atomic_json(path: str, obj) -> None:

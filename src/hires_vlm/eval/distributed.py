@@ -85,7 +85,8 @@ def shards(out: Path) -> list[Path]:
     return sorted(out.glob(f"{SHARD_PREFIX}*.jsonl"))
 
 
-def _rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
+    """The answer rows (objects with a ``question_id``) of a JSON Lines file; a partial or bad line is passed over."""
     rows = []
     if not path.exists():
         return rows
@@ -110,7 +111,7 @@ def merge(out: Path, merged: Path, order: list[str]) -> None:
     seen: dict[str, dict] = {}
     extra: list[dict] = []
     for path in [merged, *parts]:
-        for row in _rows(path):
+        for row in read_rows(path):
             qid = str(row["question_id"]).strip()
             if qid not in seen:
                 seen[qid] = row

@@ -191,17 +191,9 @@ def read_answered(path: Path) -> tuple[set[str], int]:
 
 def answered_ids(path: Path) -> set[str]:
     """The ids answered in ``path``, read only (another process may still be writing it)."""
-    out = set()
-    if not path.exists():
-        return out
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and row.get("question_id") is not None and isinstance(row.get("text"), str):
-            out.add(str(row["question_id"]).strip())
-    return out
+    from .distributed import read_rows
+
+    return {str(r["question_id"]).strip() for r in read_rows(path) if isinstance(r.get("text"), str)}
 
 
 def append_rows(f, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -214,15 +206,10 @@ def append_rows(f, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """JSON to ``path`` atomically (``fsio.atomic_write_json``)."""
+    from .. import fsio
+
+    fsio.atomic_write_json(path, obj)
 
 
 # --- the run --------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import math
 import os
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 
 from .bilinear import (
@@ -169,21 +168,12 @@ def format_report(res: ExperimentResult, brute: float | None = None) -> str:
 
 
 def _atomic_write_bytes(path: str, writer) -> None:
-    """Write through a unique temporary file in the same directory, then ``os.replace`` it over
-    ``path`` (readers never see a partial file). The file mode follows the umask."""
-    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "xb") as fh:
-            writer(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """``writer(handle)`` into a temporary file beside ``path``, renamed over it when done (readers never
+    see a partial file; ``fsio.atomic_open``)."""
+    from .. import fsio
+
+    with fsio.atomic_open(path, "wb") as fh:
+        writer(fh)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import yaml
 
-from .. import compat
+from .. import compat, fsio
 from .config import ConfigError, StageSpec, TrainConfig, validate
 
 logger = logging.getLogger("hires_vlm.train")
@@ -40,12 +40,7 @@ def barrier() -> None:
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fsio.atomic_write(path, text)
 
 
 # ---------------------------------------------------------------------- trainable / frozen

@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
@@ -197,26 +195,12 @@ class _JsonListWriter:
         self._handle.write("\n]\n")
 
 
-@contextmanager
-def atomic_text(path: Path) -> Iterator[TextIO]:
-    """A text handle on a temp file beside ``path``; on success it replaces ``path`` atomically.
+def atomic_text(path: Path):
+    """A text handle on a temp file beside ``path``; on success it replaces ``path`` atomically
+    (``fsio.atomic_open``). On any exception ``path`` is left as it was."""
+    from ... import fsio
 
-    On any exception the temp file is removed and ``path`` is left as it was.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    temp = Path(name)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file permissions
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    return fsio.atomic_open(path, "w")
 
 
 def write_json_atomic(path: Path, data: object) -> None:
