@@ -114,3 +114,24 @@ def test_normalize_matches_formula():
     img = Image.new("RGB", (2, 2), (255, 0, 128))
     t = ops.normalize(img, (0.5, 0.5, 0.5), (0.5, 0.25, 0.5))
     assert torch.allclose(t[:, 0, 0], torch.tensor([1.0, -2.0, (128 / 255 - 0.5) / 0.5]), atol=1e-5)
+
+
+def test_truncated_files_are_refused_even_when_another_library_allows_them(tmp_path):
+    """lmms-eval's task module sets ImageFile.LOAD_TRUNCATED_IMAGES = True at import (Pillow then fills
+    the missing rows with grey); load_image still refuses the file, and leaves the setting as it was."""
+    import io
+
+    import numpy as np
+    from PIL import ImageFile
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    (tmp_path / "t.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        with pytest.raises(ImageLoadError, match="truncated"):
+            load_image(tmp_path / "t.png")
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Pixels above which an image is refused. Pillow warns at ~89M and refuses at ~179M pixels; we
 # refuse clearly instead of letting a decompression bomb eat the host's memory.
@@ -47,6 +47,9 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ImageLoadError(f"image file not found: {path!r} (check the path and the image folder)")
+    # Other libraries switch Pillow to filling truncated files with grey (lmms-eval's task module sets
+    # ImageFile.LOAD_TRUNCATED_IMAGES = True at import); a truncated file is an error here, always.
+    truncated_ok, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -70,6 +73,8 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
         raise ImageLoadError(f"cannot read image {path!r}: {exc}; is it an image file Pillow supports?") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(f"image {path!r} is corrupt or truncated ({exc}); re-download or remove it") from exc
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
