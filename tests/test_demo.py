@@ -97,3 +97,24 @@ def test_ablation_suites_run(tmp_path, suite, entry):
     res = run_demo(suite, out_dir=str(tmp_path), only=[entry], steps=2, train_per_family=2, test_per_family=1,
                    progress=False, figures=False)
     assert entry in [r.name for r in res.rows]
+
+
+@pytest.mark.slow
+def test_a_finished_model_is_reused_only_under_the_same_recipe(tmp_path, capsys):
+    """Regression (issue 15): `demo --steps 500` into a 1000-step run reused the 1000-step models."""
+    kw = dict(quick=True, out_dir=str(tmp_path), only=["llava"], progress=False, figures=False,
+              train_per_family=8, test_per_family=2)
+    run_demo("main", steps=3, **kw)
+    model = tmp_path / "models" / "llava"
+    first = json.loads((model / "recipe.json").read_text())
+    capsys.readouterr()
+    run_demo("main", steps=3, **kw)  # the same recipe: reused, nothing moved
+    assert "another recipe" not in capsys.readouterr().out
+    run_demo("main", steps=4, **kw)
+    out = capsys.readouterr().out
+    assert "another recipe" in out and "steps" in out
+    aside = tmp_path / "models" / f"llava@{first['hash'][:8]}"
+    assert (aside / "recipe.json").is_file()  # the 3-step model is kept, not deleted
+    assert json.loads((model / "recipe.json").read_text())["hash"] != first["hash"]
+    state = json.loads(next((model / "train").glob("checkpoint-*/trainer_state.json")).read_text())
+    assert state["global_step"] == 4

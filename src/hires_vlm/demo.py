@@ -19,6 +19,7 @@ projector with everything else in one stage.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -168,8 +169,65 @@ class Row:
 
 
 # ---------------------------------------------------------------------------------------- training
+RECIPE_FILE = "recipe.json"
+
+
+def recipe_key(raw: dict, data_dir: str) -> dict:
+    """Everything that makes a demo model: its training config (but where it is written) and the
+    benchmark's parameters. A finished model is reused only under the same key."""
+    with open(os.path.join(data_dir, "benchmark.json"), encoding="utf-8") as f:
+        data = json.load(f)["params"]
+    config = {k: v for k, v in raw.items() if k != "run"}
+    key = {"config": config, "seed": raw["run"]["seed"], "benchmark": data}
+    text = json.dumps(key, sort_keys=True, default=str)
+    return {"hash": hashlib.sha256(text.encode()).hexdigest()[:16], "key": key}
+
+
+def _claim_model_dir(out_dir: str, recipe: dict) -> None:
+    """Keep ``out_dir`` if it was made by ``recipe`` (or is new); else move it aside to
+    ``<out_dir>@<its hash>`` (nothing is deleted) and start afresh, saying so."""
+    path = os.path.join(out_dir, RECIPE_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        if old.get("hash") == recipe["hash"]:
+            return
+        aside = f"{out_dir}@{old.get('hash', 'old')[:8]}"
+        what = _first_difference(old.get("key", {}), recipe["key"]) or "its recipe"
+        print(f"    {out_dir} was trained with another recipe ({what}); moved it to {aside}", flush=True)
+        if os.path.exists(aside):
+            raise FileExistsError(f"cannot set {out_dir} aside: {aside} exists; move one of them away")
+        os.replace(out_dir, aside)
+    elif os.path.isdir(out_dir) and os.listdir(out_dir):
+        aside = f"{out_dir}@unrecorded"
+        print(f"    {out_dir} holds a run without a recipe record; moved it to {aside}", flush=True)
+        if os.path.exists(aside):
+            raise FileExistsError(f"cannot set {out_dir} aside: {aside} exists; move one of them away")
+        os.replace(out_dir, aside)
+    os.makedirs(out_dir, exist_ok=True)
+    _atomic_json(path, recipe)
+
+
+def _first_difference(a, b, where: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            d = _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
+            if d:
+                return d
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = _first_difference(x, y, f"{where}.{i}")
+            if d:
+                return d
+        return None
+    return None if a == b else f"{where}: {a!r} then, {b!r} now"
+
+
 def train_entry(entry: Entry, budget: Budget, data_dir: str, out_dir: str, seed: int, progress: bool) -> tuple[str, float]:
-    """Train one entry from scratch (or reuse a finished run); returns (final model dir, seconds)."""
+    """Train one entry (or reuse a finished run of the same recipe); returns (final model dir, seconds).
+
+    A run killed in the middle resumes from its last checkpoint (every quarter of a stage)."""
     from .train.config import from_dict
     from .train.runner import run_training
 
@@ -180,11 +238,13 @@ def train_entry(entry: Entry, budget: Budget, data_dir: str, out_dir: str, seed:
         "data": {"train": os.path.join(data_dir, "train.json"), "image_folder": data_dir, "max_length": 2048},
         "training": {
             "per_device_train_batch_size": budget.batch_size, "lr_scheduler_type": "cosine", "warmup_ratio": 0.05,
-            "weight_decay": 0.0, "logging_steps": max(1, budget.steps // 5), "save_steps": 10 ** 9,
-            "save_total_limit": 1, "report_to": "none", "dataloader_num_workers": 0, "max_grad_norm": 1.0,
+            "weight_decay": 0.0, "logging_steps": max(1, budget.steps // 5),
+            "save_steps": max(1, budget.steps // 4), "save_total_limit": 1, "report_to": "none",
+            "dataloader_num_workers": 0, "max_grad_norm": 1.0,
         },
         "stages": stages,
     }
+    _claim_model_dir(out_dir, recipe_key(raw, data_dir))
     if not progress:
         raw["training"]["disable_tqdm"] = True  # type: ignore[index]
     cfg = from_dict(raw)
@@ -268,13 +328,13 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 
 def table_rows(rows: list[Row], chance: dict[str, float]) -> tuple[list[str], list[list[str]]]:
     header = ["method", "visual tokens/img"] + [FAMILY_SHORT[f] for f in FAMILY_ORDER] + \
-             ["overall", "train s", "infer img/s"]
+             ["overall", "empty/OOV %", "train s", "infer img/s"]
     out = []
     for r in rows:
         fams = [_fmt(r.existence_f1) if f == "existence" else _fmt(r.accuracy.get(f)) for f in FAMILY_ORDER]
-        out.append([r.name, _fmt(r.visual_tokens, 0)] + fams + [_fmt(r.overall), _fmt(r.train_seconds, 0),
-                                                                 _fmt(r.images_per_second, 1)])
-    out.append(["(chance)", ""] + [_fmt(chance.get(f)) for f in FAMILY_ORDER] + ["", "", ""])
+        out.append([r.name, _fmt(r.visual_tokens, 0)] + fams + [_fmt(r.overall), _fmt(r.extra.get("no_answer")),
+                                                                 _fmt(r.train_seconds, 0), _fmt(r.images_per_second, 1)])
+    out.append(["(chance)", ""] + [_fmt(chance.get(f)) for f in FAMILY_ORDER] + ["", "", "", ""])
     return header, out
 
 
@@ -452,7 +512,10 @@ def run_demo(suite: str = "main", *, quick: bool = False, out_dir: str | None = 
             overall=100.0 * ev["scores"]["overall"]["accuracy"],
             existence_f1=100.0 * pope["f1"] if pope else None,
             train_seconds=seconds, images_per_second=ev["images_per_second"], model_dir=model_dir,
-            extra={"eval_runtime": e.eval_runtime, "pope": ev["scores"]["pope"]},
+            extra={"eval_runtime": e.eval_runtime, "pope": ev["scores"]["pope"],
+                   # answers that say nothing the benchmark can read: empty, or none of the answers
+                   "no_answer": 100.0 * (ev["scores"]["overall"]["empty"] + ev["scores"]["overall"]["out_of_vocabulary"])
+                   / max(ev["scores"]["overall"]["n"], 1)},
         )
         rows.append(row)
         answers[e.name] = ev["predictions"]

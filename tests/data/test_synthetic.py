@@ -91,7 +91,9 @@ def test_train_and_test_never_share_an_image_question_pair(bench):
 
 def test_overlap_check_redraws_a_test_item_the_training_split_holds(tmp_path, monkeypatch):
     # Give test the training stream: every test item is then a copy and must be drawn again.
-    monkeypatch.setattr(syn, "_SPLIT_CODE", {"train": 0, "test": 0})
+    from hires_vlm.data.synthetic import drawing
+
+    monkeypatch.setitem(drawing._SPLIT_CODE, "test", 0)  # the one dict every part reads
     info = syn.generate_benchmark(tmp_path, families=["counting", "existence"], train_per_family=6,
                                   test_per_family=6, num_workers=1, separability_samples=0)
     train = {_pixel_hash(tmp_path / r["image"]) for r in syn.read_records(info.train_json)}
