@@ -181,3 +181,16 @@ def test_llava_pope_answer_files_score_as_llava_s_eval_pope(tmp_path):
     # By eval_pope.py's rule: labels yes, no, yes, no in every split.
     assert m["random/accuracy"] == 75.0 and m["popular/accuracy"] == 50.0 and m["adversarial/accuracy"] == 50.0
     assert m["n_missing"] == 0 and m["n_extra"] == 0
+
+
+def test_annotations_may_be_the_file_or_its_folder(tmp_path):
+    from hires_vlm.data.synthetic import generate_benchmark
+    from hires_vlm.eval import load_benchmark
+
+    generate_benchmark(tmp_path / "syn", train_per_family=1, test_per_family=2, families=["quadrant"],
+                       separability_samples=0, num_workers=1)
+    by_folder = load_benchmark("synthetic", tmp_path / "syn")
+    by_file = load_benchmark("synthetic", tmp_path / "syn" / "test.json")
+    assert [s.question_id for s in by_file] == [s.question_id for s in by_folder]
+    train = load_benchmark("synthetic", tmp_path / "syn" / "train.json")
+    assert [s.question_id for s in train] == ["quadrant-train-00000"]

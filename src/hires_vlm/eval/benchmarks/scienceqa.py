@@ -20,8 +20,11 @@ from .prompts import multiple_choice_prompt
 
 
 def load_scienceqa_img(path: str | Path, *, split: str = "test", image_dir: str | Path | None = None) -> Benchmark:
-    """ScienceQA problems of ``split`` that have an image. ``path``: the folder of problems.json."""
-    root = require_dir(Path(path), "scienceqa_img", "the ScienceQA folder with problems.json and pid_splits.json")
+    """ScienceQA problems of ``split`` that have an image. ``path``: the folder of problems.json (or that file)."""
+    path = Path(path)
+    if path.is_file() and path.name in ("problems.json", "pid_splits.json"):
+        path = path.parent
+    root = require_dir(path, "scienceqa_img", "the ScienceQA folder with problems.json and pid_splits.json")
     problems = read_json(root / "problems.json", "scienceqa_img", "problems.json (pid → problem)")
     splits = read_json(root / "pid_splits.json", "scienceqa_img", "pid_splits.json (split → list of pids)")
     if not isinstance(problems, dict) or not isinstance(splits, dict):

@@ -41,8 +41,12 @@ def score_synthetic(predictions: Mapping[Any, Any], annotations: Mapping[str, An
 
 
 def load_synthetic(path: str | Path, *, split: str = "test") -> Benchmark:
-    """Questions of ``split`` ('test' or 'train') of a generated synthetic benchmark folder."""
-    root = require_dir(Path(path), "synthetic", "the folder written by `hires-vlm data synthetic` / the demo")
+    """Questions of ``split`` ('test' or 'train') of a generated synthetic benchmark folder (or its
+    ``<split>.json`` file, which then names the split)."""
+    path = Path(path)
+    if path.is_file() and path.name in ("train.json", "test.json"):
+        path, split = path.parent, path.stem
+    root = require_dir(path, "synthetic", "the folder written by `hires-vlm data synthetic` / the demo")
     records = read_json(root / f"{split}.json", "synthetic", f"the {split} split (LLaVA JSON)")
     c = Collector()
     for rec in records:
