@@ -6,8 +6,7 @@
 * :func:`staged_dir` — a folder (a model, a run's results) is built in a temporary sibling and
   moved into place only when complete; an existing target is replaced only when the caller was
   told to (``overwrite``), and the old one is deleted only after the new one is in place.
-* :func:`refuse_occupied` / :func:`check_outputs_free` — refuse, before any work, to write over
-  outputs that already exist.
+* :func:`refuse_occupied` — refuse, before any work, to write over an output that already exists.
 
 Standard library only: importing it costs nothing.
 """
@@ -18,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -105,13 +104,6 @@ def staged_dir(out: str | os.PathLike, overwrite: bool = False, flag: str = "--o
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def check_outputs_free(paths: Sequence[str | os.PathLike], overwrite: bool, flag: str = "--overwrite") -> None:
-    """Refuse (before any work is done) when one of ``paths`` exists and ``overwrite`` is not set."""
-    taken = [str(p) for p in paths if Path(p).exists()]
-    if taken and not overwrite:
-        raise OutputExistsError(f"{', '.join(taken)} already exist(s); choose another output or pass {flag}")
 
 
 # ---------------------------------------------------------------------- folders a generator owns

@@ -293,3 +293,18 @@ def validate(cfg: TrainConfig) -> None:
     for s in cfg.stages:
         if s.template:
             get_template(s.template)
+
+
+def config_differences(a, b, where: str = "") -> list[str]:
+    """Where two resolved configs (nested dicts and lists) differ: ``"path: old then, new now"`` each."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += config_differences(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            out += config_differences(x, y, f"{where}.{i}")
+        return out
+    return [] if a == b else [f"{where}: {a!r} then, {b!r} now"]

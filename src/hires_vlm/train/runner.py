@@ -22,207 +22,20 @@ from dataclasses import dataclass, field
 import torch
 import yaml
 
-from .. import compat, fsio
-from .config import ConfigError, StageSpec, TrainConfig, validate
+from .. import compat
+from .config import ConfigError, StageSpec, TrainConfig, config_differences, validate
+from .freezing import apply_lora, log_components, merge_lora, set_trainable  # noqa: F401  (re-exported)
+from .trainer import (  # noqa: F401  (re-exported)
+    COMPLETE_MARKER,
+    _make_trainer_class,
+    atomic_write_text,
+    barrier,
+    data_skips,
+    is_main_process,
+    latest_complete_checkpoint,
+)
 
 logger = logging.getLogger("hires_vlm.train")
-
-COMPLETE_MARKER = ".complete"
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    fsio.atomic_write(path, text)
-
-
-# ---------------------------------------------------------------------- trainable / frozen
-def set_trainable(model: torch.nn.Module, trainable: dict[str, float]) -> dict[str, float]:
-    """Freeze everything, then unfreeze each prefix. Returns {parameter name: lr} of trainable ones."""
-    names = [n for n, _ in model.named_parameters()]
-    lrs: dict[str, float] = {}
-    for prefix, lr in trainable.items():
-        hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
-        if not hits:
-            tops = sorted({n.split(".")[0] for n in names} | {".".join(n.split(".")[:2]) for n in names if
-                                                              n.startswith("connector.")})
-            raise ConfigError(f"trainable prefix {prefix!r} matches no parameter; known modules: {tops}")
-        for n in hits:
-            # The longest (most specific) prefix decides the learning rate.
-            if n not in lrs or len(prefix) > lrs[n][1]:
-                lrs[n] = (lr, len(prefix))  # type: ignore[assignment]
-    for n, p in model.named_parameters():
-        p.requires_grad_(n in lrs)
-    return {n: v[0] for n, v in lrs.items()}  # type: ignore[index]
-
-
-def apply_lora(model: torch.nn.Module, spec: dict) -> dict[str, float]:
-    """Wrap ``model.language_model`` with peft LoRA adapters; returns {parameter name: lr} of the adapters.
-
-    The language model's own weights stay frozen (a stage with ``lora`` must not also train
-    ``language_model``); :func:`merge_lora` folds the adapters into them before the stage saves.
-    """
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise ConfigError("a stage with 'lora' needs peft: pip install 'hires-vlm[lora]'") from None
-    lm = model.language_model
-    if any(p.requires_grad for p in lm.parameters()):
-        raise ConfigError("a stage with 'lora' must not also list 'language_model' (or a part of it) in "
-                          "'trainable': LoRA trains adapters on the frozen language model")
-    targets = spec["target_modules"]
-    config = LoraConfig(r=int(spec["r"]), lora_alpha=float(spec.get("alpha", spec["r"])),
-                        lora_dropout=float(spec.get("dropout", 0.0)), bias="none",
-                        target_modules=targets if isinstance(targets, str) else list(targets))
-    model.language_model = get_peft_model(lm, config)
-    lr = float(spec["lr"])
-    return {n: lr for n, p in model.named_parameters() if p.requires_grad and n.startswith("language_model.")}
-
-
-def merge_lora(model: torch.nn.Module) -> None:
-    """Fold LoRA adapters into the language model's weights and drop the peft wrapper (no-op without one)."""
-    lm = model.language_model
-    if hasattr(lm, "merge_and_unload"):
-        model.language_model = lm.merge_and_unload()
-
-
-def component_table(model: torch.nn.Module) -> list[tuple[str, int, int]]:
-    """(component, parameters, trainable parameters) for the tower, each connector part and the LM."""
-    groups: dict[str, list[int]] = {}
-    for n, p in model.named_parameters():
-        parts = n.split(".")
-        key = ".".join(parts[:2]) if parts[0] == "connector" else parts[0]
-        g = groups.setdefault(key, [0, 0])
-        g[0] += p.numel()
-        g[1] += p.numel() if p.requires_grad else 0
-    return [(k, v[0], v[1]) for k, v in groups.items()]
-
-
-def log_components(model, stage: str) -> str:
-    rows = component_table(model)
-    lines = [f"stage {stage!r}: trainable / frozen components"]
-    for name, total, train in rows:
-        state = "trainable" if train == total else ("frozen" if train == 0 else "partly trainable")
-        lines.append(f"  {name:<32} {state:<17} {train:>12,} / {total:,} params")
-    text = "\n".join(lines)
-    logger.info(text)
-    return text
-
-
-# ---------------------------------------------------------------------- trainer
-def _make_trainer_class():
-    from transformers import Trainer
-
-    class HiResTrainer(Trainer):
-        """Trainer with per-module learning rates and checkpoints marked complete only when whole."""
-
-        module_lrs: dict[str, float] = {}
-        SKIPS_FILE = "skipped_records.json"
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.skipped_records: dict[int, str] = {}  # record index → reason, failed at load (all ranks)
-
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            for index, kind in inputs.pop("skipped_records", ()):
-                self.skipped_records[int(index)] = kind
-            return super().compute_loss(model, inputs, *args, **kwargs)
-
-        def prediction_step(self, model, inputs, *args, **kwargs):
-            inputs.pop("skipped_records", None)
-            return super().prediction_step(model, inputs, *args, **kwargs)
-
-        def gathered_skips(self) -> dict[int, str]:
-            """The records every rank skipped at load so far (a collective under DDP)."""
-            mine = dict(self.skipped_records)
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                parts = [None] * torch.distributed.get_world_size()
-                torch.distributed.all_gather_object(parts, mine)
-                for part in parts:
-                    mine.update(part or {})
-            return mine
-
-        def load_skips(self, checkpoint: str | None) -> None:
-            """Counts carried over from the checkpoint a resumed run starts from."""
-            path = os.path.join(checkpoint, self.SKIPS_FILE) if checkpoint else None
-            if path and os.path.isfile(path):
-                with open(path) as f:
-                    self.skipped_records.update({int(k): v for k, v in json.load(f).items()})
-
-        def create_optimizer(self, model=None):
-            if self.optimizer is not None:
-                return self.optimizer
-            model = self.model if model is None else model
-            opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
-            opt_kwargs.pop("lr", None)
-            groups: dict[tuple[float, bool], list] = {}
-            for n, p in model.named_parameters():
-                if not p.requires_grad:
-                    continue
-                lr = self.module_lrs.get(n.removeprefix("module."), self.args.learning_rate)
-                decay = p.ndim >= 2 and "norm" not in n.lower()
-                groups.setdefault((lr, decay), []).append(p)
-            params = [{"params": ps, "lr": lr, "weight_decay": self.args.weight_decay if decay else 0.0}
-                      for (lr, decay), ps in groups.items()]
-            self.optimizer = opt_cls(params, **opt_kwargs)
-            return self.optimizer
-
-        def _save_checkpoint(self, model, trial):
-            super()._save_checkpoint(model, trial)
-            skips = self.gathered_skips()
-            barrier()
-            if self.args.should_save:
-                ckpt = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
-                if os.path.isdir(ckpt):
-                    atomic_write_text(os.path.join(ckpt, self.SKIPS_FILE), json.dumps(skips))
-                    atomic_write_text(os.path.join(ckpt, COMPLETE_MARKER), str(self.state.global_step))
-
-    return HiResTrainer
-
-
-def latest_complete_checkpoint(stage_dir: str) -> str | None:
-    """Newest ``checkpoint-N`` holding the completion marker; incomplete ones are set aside."""
-    if not os.path.isdir(stage_dir):
-        return None
-    best, best_step = None, -1
-    for name in os.listdir(stage_dir):
-        if not name.startswith("checkpoint-"):
-            continue
-        path = os.path.join(stage_dir, name)
-        try:
-            step = int(name.split("-", 1)[1])
-        except ValueError:
-            continue
-        if not os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
-            if is_main_process():
-                _set_aside_incomplete(stage_dir, name)
-            continue
-        if step > best_step:
-            best, best_step = path, step
-    return best
-
-
-INCOMPLETE_PREFIX = "incomplete-"
-
-
-def _set_aside_incomplete(stage_dir: str, name: str) -> None:
-    """Move an interrupted ``checkpoint-N`` to ``incomplete-checkpoint-N-<time>``, keeping only the newest
-    such folder (an earlier one is deleted, and the log says so)."""
-    old = sorted(n for n in os.listdir(stage_dir) if n.startswith(INCOMPLETE_PREFIX))
-    for n in old:
-        shutil.rmtree(os.path.join(stage_dir, n), ignore_errors=True)
-        logger.warning("deleted %s, an older incomplete checkpoint (only the newest is kept)", n)
-    aside = f"{INCOMPLETE_PREFIX}{name}-{int(time.time())}"
-    shutil.move(os.path.join(stage_dir, name), os.path.join(stage_dir, aside))
-    logger.warning("set aside the incomplete checkpoint %s (interrupted while saving) as %s", name, aside)
-
 
 # ---------------------------------------------------------------------- data
 def _synthetic_data(cfg: TrainConfig, spec) -> tuple[str, str]:
@@ -464,17 +277,6 @@ def run_stage(cfg: TrainConfig, index: int, callbacks: list | None = None) -> St
                        steps=trainer.state.global_step, seconds=seconds, data_skips=skips)
 
 
-def data_skips(dataset, at_load: dict[int, str]) -> dict:
-    """What a stage's data left out: records screened out up front, and records that failed at load
-    (each counted once, however often the epoch met it), by reason."""
-    from collections import Counter
-
-    load_counts = Counter(at_load.values())
-    return {"records": len(dataset.records), "records_skipped": sum(dataset.screened.values()) + len(at_load),
-            "screened": dict(dataset.screened), "at_load": dict(load_counts),
-            "examples": dataset.screen_examples[:10]}
-
-
 def write_resolved_config(cfg: TrainConfig) -> str:
     """Write ``<run>/config.yaml``. On a run that has finished stages, the config must describe what
     they were trained with: a change to a finished stage (or to the model, data or seed) is refused
@@ -504,22 +306,13 @@ def _finished_stage_changes(cfg: TrainConfig, old: dict, new: dict) -> list[str]
         return []
     changes = []
     for key in ("model", "data", "training"):
-        changes += _diff(key, old.get(key), new.get(key))
-    changes += _diff("run.seed", (old.get("run") or {}).get("seed"), new["run"]["seed"])
+        changes += config_differences(old.get(key), new.get(key), key)
+    changes += config_differences((old.get("run") or {}).get("seed"), new["run"]["seed"], "run.seed")
     old_stages = {s.get("name"): s for s in old.get("stages") or [] if isinstance(s, dict)}
     for i in done:
         name = cfg.stages[i].name
-        changes += _diff(f"stages.{i} ({name})", old_stages.get(name), new["stages"][i])
+        changes += config_differences(old_stages.get(name), new["stages"][i], f"stages.{i} ({name})")
     return changes
-
-
-def _diff(where: str, a, b) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += _diff(f"{where}.{k}", a.get(k), b.get(k))
-        return out
-    return [] if a == b else [f"{where}: {a!r} then, {b!r} now"]
 
 
 def run_training(cfg: TrainConfig, stages: list[str] | None = None, callbacks: list | None = None) -> list[StageResult]:
