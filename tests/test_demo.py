@@ -22,13 +22,39 @@ def test_every_suite_entry_resolves_and_shares_the_budget():
                 assert sum(s["training"]["max_steps"] for s in stages) == BUDGETS["default"].steps
 
 
-def test_alternating_recipe_trains_one_visual_adapter_at_a_time():
-    stages = stages_for(Entry("s", {"preset": "slime"}, recipe="alternating"), Budget(1, 1, steps=10))
+def test_scratch_alternating_recipe_trains_one_visual_adapter_at_a_time():
+    stages = stages_for(Entry("s", {"preset": "slime"}, recipe="alternating"), Budget(1, 1, steps=10, regime="scratch"))
     assert [s["method_runtime"]["branches"] for s in stages] == ["global", "local", "both"]
     assert "connector.local_compressor" not in stages[0]["trainable"]
     assert "connector.projector" not in stages[1]["trainable"] and "connector.mixture" not in stages[1]["trainable"]
     assert stages[1]["method_runtime"]["gamma"] == 1.0
     assert set(stages[2]["trainable"]) == {"vision_tower", "connector", "language_model"}
+
+
+def test_foundation_recipes_freeze_the_tower_and_follow_the_published_stages():
+    budget = Budget(1, 1, steps=100)
+    assert budget.regime == "foundation"
+    for entry in [e for entries in SUITES.values() for e in entries if not e.train_as]:
+        stages = stages_for(entry, budget, captions="C")
+        assert all(not k.startswith("vision_tower") for s in stages for k in s["trainable"]), entry.name
+        assert sum(s["training"]["max_steps"] for s in stages) == 100
+        align, sft = stages[:-1], stages[-1]
+        # Stage 1 aligns the connector alone on captions (plain template), stage 2 adds the LM.
+        assert all(s["template"] == "plain" and s["data"] == {"train": "C"} for s in align)
+        assert all(k.startswith("connector") for s in align for k in s["trainable"])
+        assert sum(s["training"]["max_steps"] for s in align) == 30
+        assert sft["template"] == "chatml" and set(sft["trainable"]) == {"connector", "language_model"}
+    official = stages_for(Entry("s", {"preset": "slime"}, recipe="alternating"), budget)
+    # The official scripts: MLP expert, then the resampler expert, then the local compressor, then SFT.
+    assert [s["name"] for s in official] == ["stage1a_mlp", "stage1b_resampler", "stage2_local", "sft"]
+    assert [s["method_runtime"]["gate_mode"] for s in official[:2]] == ["mlp", "resampler"]
+    assert [s["trainable"] for s in official[:3]] == [{"connector.projector": 1e-3},
+                                                       {"connector.mixture.resampler": 1e-3},
+                                                       {"connector.local_compressor": 1e-3}]
+    paper = stages_for(Entry("s", {"preset": "slime"}, recipe="paper"), budget)
+    assert [s["method_runtime"]["branches"] for s in paper] == ["global", "local", "both"]
+    with pytest.raises(ValueError, match="recipe"):
+        stages_for(Entry("s", {"preset": "slime"}, recipe="nope"), budget)
 
 
 def test_unknown_suite_or_entry_is_refused(tmp_path):
@@ -116,5 +142,5 @@ def test_a_finished_model_is_reused_only_under_the_same_recipe(tmp_path, capsys)
     aside = tmp_path / "models" / f"llava@{first['hash'][:8]}"
     assert (aside / "recipe.json").is_file()  # the 3-step model is kept, not deleted
     assert json.loads((model / "recipe.json").read_text())["hash"] != first["hash"]
-    state = json.loads(next((model / "train").glob("checkpoint-*/trainer_state.json")).read_text())
-    assert state["global_step"] == 4
+    state = json.loads(next((model / "sft").glob("checkpoint-*/trainer_state.json")).read_text())
+    assert state["global_step"] == 3  # 4 steps: 1 aligning, 3 tuning

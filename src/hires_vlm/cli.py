@@ -133,6 +133,7 @@ SUBCOMMAND_MODULES = (
     "hires_vlm.eval.cli_score",
     "hires_vlm.data.cli",
     "hires_vlm.theory.cli_group",
+    "hires_vlm.foundation.cli",
 )
 
 

@@ -15,7 +15,7 @@ from transformers import CLIPVisionConfig, GenerationConfig, LlamaConfig
 from .imaging import CLIP_MEAN, CLIP_STD
 from .methods import MethodConfig, resolve_method_config
 from .model import HiResVLM, HiResVLMConfig, HiResVLMProcessor
-from .text import add_image_token, build_bpe_tokenizer, get_template
+from .text import add_image_token, build_bpe_tokenizer, get_template, set_chat_template
 
 TINY_TILE = 112
 TINY_PATCH = 14
@@ -54,9 +54,26 @@ def build_tiny(method: str | dict | MethodConfig = "llava_hd", *, template: str 
                corpus: Iterable[str] | None = None, tile_size: int = TINY_TILE, patch_size: int = TINY_PATCH,
                vision_hidden: int = 64, vision_layers: int = 2, text_hidden: int = 128, text_layers: int = 2,
                max_length: int = 2048, vocab_size: int = 1024,
-               image_resampler: str = "pillow") -> tuple[HiResVLM, HiResVLMProcessor]:
-    """A tiny random-init model of ``method`` and its processor; deterministic for a seed."""
-    tokenizer = build_bpe_tokenizer(corpus, vocab_size=vocab_size, template=template)
+               image_resampler: str = "pillow", foundation: str | None = None) -> tuple[HiResVLM, HiResVLMProcessor]:
+    """A tiny model of ``method`` and its processor; deterministic for a seed.
+
+    Without ``foundation`` every weight is random (the from-scratch regime). With it (a foundation
+    directory, or ``"shipped"`` for the packaged one) the tower, the LM and the tokenizer are the
+    foundation's and only the connector is new; the sizes are the foundation's.
+    """
+    found = None
+    if foundation is not None:
+        from .foundation import load_foundation
+
+        found = load_foundation(foundation)
+        sz = found.sizes
+        tile_size, patch_size = sz["tile_size"], sz["patch_size"]
+        vision_hidden, vision_layers = sz["vision_hidden"], sz["vision_layers"]
+        text_hidden, text_layers = sz["text_hidden"], sz["text_layers"]
+        tokenizer = found.tokenizer()
+        set_chat_template(tokenizer, template)
+    else:
+        tokenizer = build_bpe_tokenizer(corpus, vocab_size=vocab_size, template=template)
     image_id = add_image_token(tokenizer)
     method_cfg = resolve_method_config(method).bind_tokenizer(tokenizer)
     torch.manual_seed(seed)
@@ -68,6 +85,10 @@ def build_tiny(method: str | dict | MethodConfig = "llava_hd", *, template: str 
         image_resampler=image_resampler, max_length=max_length, template=template,
     )
     model = HiResVLM(config)
+    if found is not None:
+        from .foundation import apply_foundation
+
+        apply_foundation(model, found)
     model.language_model.generation_config = GenerationConfig(
         eos_token_id=stop_token_ids(tokenizer, template), pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, max_new_tokens=32, do_sample=False,

@@ -202,8 +202,7 @@ def test_tiny_official_stages_from_the_cli_then_generate(tiny_data, tmp_path, ca
     out = tmp_path / "run"
     cfg = os.path.join(CONFIGS, "slime", "tiny_official.yaml")
     sets = [f"data.train={tiny_data}", f"data.image_folder={os.path.dirname(tiny_data)}",
-            "training.per_device_train_batch_size=2", "training.logging_steps=1", "model.tiny.text_layers=1",
-            "model.tiny.vision_layers=1"]
+            "training.per_device_train_batch_size=2", "training.logging_steps=1"]
     sets += [f"stages.{i}.training.max_steps=2" for i in range(4)]
     argv = ["train", cfg, "--output-dir", str(out)]
     for s in sets:

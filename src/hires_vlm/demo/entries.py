@@ -17,12 +17,17 @@ RECIPE_FILE = "recipe.json"
 
 
 def recipe_key(raw: dict, data_dir: str) -> dict:
-    """Everything that makes a demo model: its training config (but where it is written) and the
-    benchmark's parameters. A finished model is reused only under the same key."""
+    """Everything that makes a demo model: its training config (but where it is written), the
+    benchmark's parameters and the foundation's weights. A finished model is reused only under the
+    same key."""
     with open(os.path.join(data_dir, "benchmark.json"), encoding="utf-8") as f:
         data = json.load(f)["params"]
     config = {k: v for k, v in raw.items() if k != "run"}
     key = {"config": config, "seed": raw["run"]["seed"], "benchmark": data}
+    if raw["model"].get("foundation"):
+        from ..foundation import load_foundation
+
+        key["foundation"] = load_foundation(raw["model"]["foundation"]).fingerprint
     text = json.dumps(key, sort_keys=True, default=str)
     return {"hash": hashlib.sha256(text.encode()).hexdigest()[:16], "key": key}
 
@@ -54,17 +59,22 @@ def _claim_model_dir(out_dir: str, recipe: dict) -> None:
     _atomic_json(path, recipe)
 
 
-def train_entry(entry: Entry, budget: Budget, data_dir: str, out_dir: str, seed: int, progress: bool) -> tuple[str, float]:
+def train_entry(entry: Entry, budget: Budget, data_dir: str, out_dir: str, seed: int, progress: bool,
+                foundation: str = "shipped") -> tuple[str, float]:
     """Train one entry (or reuse a finished run of the same recipe); returns (final model dir, seconds).
 
     A run killed in the middle resumes from its last checkpoint (every quarter of a stage)."""
     from ..train.config import from_dict
     from ..train.runner import run_training
 
-    stages = stages_for(entry, budget)
+    stages = stages_for(entry, budget, captions=os.path.join(data_dir, "captions.json"))
+    if budget.regime == "foundation":
+        model = {"source": "tiny", "method": entry.method, "template": "chatml", "foundation": foundation}
+    else:
+        model = {"source": "tiny", "method": entry.method, "template": "chatml", "tiny": dict(TINY_SIZES)}
     raw = {
         "run": {"output_dir": out_dir, "seed": seed},
-        "model": {"source": "tiny", "method": entry.method, "template": "chatml", "tiny": dict(TINY_SIZES)},
+        "model": model,
         "data": {"train": os.path.join(data_dir, "train.json"), "image_folder": data_dir, "max_length": 2048},
         "training": {
             "per_device_train_batch_size": budget.batch_size, "lr_scheduler_type": "cosine", "warmup_ratio": 0.05,

@@ -23,13 +23,35 @@ def _fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def wilson_half_width(p: float, n: int) -> float:
+    """Half the width of the 95 % Wilson interval of a proportion ``p`` of ``n`` (in points of %)."""
+    if n <= 0:
+        return float("nan")
+    z = 1.96
+    return 100.0 * z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+
+
+def _cell(r: Row, fam: str) -> str:
+    value = r.existence_f1 if fam == "existence" else r.accuracy.get(fam)
+    if value is None:
+        return "-"
+    sd = r.extra.get("sd", {}).get(fam)
+    if sd is not None:  # several seeds: mean ± standard deviation over seeds
+        return f"{value:.1f} ±{sd:.1f}"
+    n = r.extra.get("n", {}).get(fam)
+    if n and fam != "existence":  # one seed: the 95 % interval of the accuracy on n items
+        return f"{value:.1f} ±{wilson_half_width(value / 100.0, n):.0f}"
+    return _fmt(value)
+
+
 def table_rows(rows: list[Row], chance: dict[str, float]) -> tuple[list[str], list[list[str]]]:
     header = ["method", "visual tokens/img"] + [FAMILY_SHORT[f] for f in FAMILY_ORDER] + \
              ["overall", "empty/OOV %", "train s", "infer img/s"]
     out = []
     for r in rows:
-        fams = [_fmt(r.existence_f1) if f == "existence" else _fmt(r.accuracy.get(f)) for f in FAMILY_ORDER]
-        out.append([r.name, _fmt(r.visual_tokens, 0)] + fams + [_fmt(r.overall), _fmt(r.extra.get("no_answer")),
+        fams = [_cell(r, f) for f in FAMILY_ORDER]
+        overall = _cell(Row(**{**r.__dict__, "accuracy": {"overall": r.overall}}), "overall")
+        out.append([r.name, _fmt(r.visual_tokens, 0)] + fams + [overall, _fmt(r.extra.get("no_answer")),
                                                                  _fmt(r.train_seconds, 0), _fmt(r.images_per_second, 1)])
     out.append(["(chance)", ""] + [_fmt(chance.get(f)) for f in FAMILY_ORDER] + ["", "", "", ""])
     return header, out

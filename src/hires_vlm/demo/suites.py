@@ -17,13 +17,22 @@ TINY_SIZES = {"vision_hidden": 256}
 
 @dataclass
 class Budget:
-    """What every method gets: data size, optimizer steps, batch size, learning rate."""
+    """What every method gets: data size, optimizer steps, batch size, learning rates, regime.
+
+    ``regime`` ``foundation`` (default): the shipped pretrained tower and LM, the tower frozen,
+    the published stages — ``align_fraction`` of the steps aligning the connector on captions
+    (``plain`` template, at ``align_lr``), the rest instruction tuning connector + LM (at ``lr``).
+    ``scratch``: random weights, every module trains in every stage (the earlier demo).
+    """
 
     train_per_family: int
     test_per_family: int
     steps: int
     batch_size: int = 8
     lr: float = 5.0e-4
+    align_lr: float = 1.0e-3
+    align_fraction: float = 0.3
+    regime: str = "foundation"
     eval_batch_size: int = 32
     max_new_tokens: int = 4
 
@@ -32,43 +41,97 @@ BUDGETS = {
     "default": Budget(train_per_family=500, test_per_family=50, steps=1000),
     "quick": Budget(train_per_family=120, test_per_family=20, steps=90),
 }
+REGIMES = ("foundation", "scratch")
 
 
 @dataclass
 class Entry:
-    """One row of a suite: a method config, a from-scratch recipe, and how to evaluate it."""
+    """One row of a suite: a method config, a recipe, and how to evaluate it."""
 
     name: str
     method: dict
-    recipe: str = "single"  # single | alternating
+    recipe: str = "single"  # single | alternating (official split) | paper (SliME's 3 stages)
     eval_runtime: dict = field(default_factory=dict)  # run-time method fields set for evaluation only
     note: str = ""
     train_as: str | None = None  # reuse the trained model of another entry (eval-time ablations)
 
 
 ALL_MODULES = ("vision_tower", "connector", "language_model")
+RECIPES = ("single", "alternating", "paper")
 
 
-def stages_for(entry: Entry, budget: Budget) -> list[dict]:
-    """The stages of an entry's recipe, with the budget's steps split between them."""
+def _split(total: int, parts: int) -> list[int]:
+    base = [total // parts + (1 if k < total % parts else 0) for k in range(parts)]
+    return [max(1, n) for n in base]
+
+
+def stages_for(entry: Entry, budget: Budget, captions: str | None = None) -> list[dict]:
+    """The stages of an entry's recipe, with the budget's steps split between them.
+
+    ``captions``: the stage-1 alignment data (the benchmark's ``captions.json``) in the
+    foundation regime."""
+    if entry.recipe not in RECIPES:
+        raise ValueError(f"recipe {entry.recipe!r} is not supported; choose one of {RECIPES}")
+    if budget.regime == "scratch":
+        return _scratch_stages(entry, budget)
+    if budget.regime != "foundation":
+        raise ValueError(f"regime {budget.regime!r} is not supported; choose one of {REGIMES}")
+    n_align = max(1, round(budget.align_fraction * budget.steps))
+    n_sft = max(1, budget.steps - n_align)
+    a, lr = budget.align_lr, budget.lr
+
+    def align(name: str, trainable: dict, steps: int, runtime: dict | None = None) -> dict:
+        st = {"name": name, "template": "plain", "trainable": trainable, "training": {"max_steps": steps}}
+        if captions:
+            st["data"] = {"train": captions}
+        if runtime:
+            st["method_runtime"] = runtime
+        return st
+
+    sft = {"name": "sft", "template": "chatml", "trainable": {"connector": lr, "language_model": lr},
+           "training": {"max_steps": n_sft}}
+    if entry.recipe == "single":  # LLaVA, INF-LLaVA (projector + enhancement, then with the LM); SliME e2e
+        return [align("align", {"connector": a}, n_align), sft]
+    sft["method_runtime"] = {"branches": "both", "gate_mode": "mix", "gamma": entry.method.get("gamma", 0.95)}
+    if entry.recipe == "alternating":  # the official scripts: MLP expert, resampler expert, local, then SFT
+        n = _split(n_align, 3)
+        return [
+            align("stage1a_mlp", {"connector.projector": a}, n[0], {"branches": "global", "gate_mode": "mlp",
+                                                                    "gamma": 1.0}),
+            align("stage1b_resampler", {"connector.mixture.resampler": a}, n[1],
+                  {"branches": "global", "gate_mode": "resampler", "gamma": 1.0}),
+            align("stage2_local", {"connector.local_compressor": a}, n[2],
+                  {"branches": "local", "gate_mode": "mix", "gamma": 1.0}),
+            sft,
+        ]
+    n = _split(n_align, 2)  # the paper (§2.2): global projector + mixture, then the local compressor
+    return [
+        align("stage1_global", {"connector.projector": a, "connector.mixture": a}, n[0],
+              {"branches": "global", "gate_mode": "mix", "gamma": 1.0}),
+        align("stage2_local", {"connector.local_compressor": a}, n[1],
+              {"branches": "local", "gate_mode": "mix", "gamma": 1.0}),
+        sft,
+    ]
+
+
+def _scratch_stages(entry: Entry, budget: Budget) -> list[dict]:
+    """From random weights: every module trains in every stage (no stage can freeze what knows nothing)."""
     lr = budget.lr
     everything = {m: lr for m in ALL_MODULES}
     if entry.recipe == "single":
         return [{"name": "train", "trainable": everything, "training": {"max_steps": budget.steps}}]
-    if entry.recipe == "alternating":
-        n1 = max(1, round(0.3 * budget.steps))
-        n2 = max(1, round(0.3 * budget.steps))
-        n3 = max(1, budget.steps - n1 - n2)
-        base = {"vision_tower": lr, "language_model": lr}
-        return [
-            {"name": "stage1_global", "trainable": {**base, "connector.projector": lr, "connector.mixture": lr},
-             "method_runtime": {"branches": "global", "gate_mode": "mix"}, "training": {"max_steps": n1}},
-            {"name": "stage2_local", "trainable": {**base, "connector.local_compressor": lr},
-             "method_runtime": {"branches": "local", "gamma": 1.0}, "training": {"max_steps": n2}},
-            {"name": "stage3_all", "trainable": everything,
-             "method_runtime": {"branches": "both", "gamma": 0.95}, "training": {"max_steps": n3}},
-        ]
-    raise ValueError(f"recipe {entry.recipe!r} is not supported; choose 'single' or 'alternating'")
+    n1 = max(1, round(0.3 * budget.steps))
+    n2 = max(1, round(0.3 * budget.steps))
+    n3 = max(1, budget.steps - n1 - n2)
+    base = {"vision_tower": lr, "language_model": lr}
+    return [
+        {"name": "stage1_global", "trainable": {**base, "connector.projector": lr, "connector.mixture": lr},
+         "method_runtime": {"branches": "global", "gate_mode": "mix"}, "training": {"max_steps": n1}},
+        {"name": "stage2_local", "trainable": {**base, "connector.local_compressor": lr},
+         "method_runtime": {"branches": "local", "gamma": 1.0}, "training": {"max_steps": n2}},
+        {"name": "stage3_all", "trainable": everything,
+         "method_runtime": {"branches": "both", "gamma": 0.95}, "training": {"max_steps": n3}},
+    ]
 
 
 def _slime(**kw) -> dict:
@@ -94,7 +157,8 @@ SUITES: dict[str, list[Entry]] = {
     ],
     "slime-ablations": [
         Entry("alternating", _slime(), recipe="alternating", note="SliME's 3-stage recipe"),
-        Entry("end-to-end", _slime(), note="one stage, everything at once"),
+        Entry("end-to-end", _slime(), note="connector aligned as one, then SFT (scratch: one stage)"),
+        Entry("paper stages", _slime(), recipe="paper", note="SliME §2.2: global, local, then SFT"),
         Entry("alternating, global only", _slime(), train_as="alternating", eval_runtime={"branches": "global"}),
         Entry("alternating, local only", _slime(), train_as="alternating",
               eval_runtime={"branches": "local", "gamma": 1.0}),

@@ -3,7 +3,7 @@
 A run is::
 
     run:      {output_dir, seed}
-    model:    {source: tiny | pretrained, path, method, template, tiny: {sizes}, image_resampler}
+    model:    {source: tiny | pretrained, path, method, template, tiny: {sizes}, foundation, image_resampler}
     data:     {train: FILE | synthetic, image_folder, synthetic: {...}, max_length}
     training: {defaults for every stage: HF TrainingArguments names}
     stages:   [{name, template, trainable: {module prefix: lr}, method_runtime: {...}, training: {...},
@@ -85,6 +85,7 @@ class ModelSpec:
     method: Any = "llava_hd"  # preset name or dict; "keep" (pretrained only): the saved model's method
     template: str | None = None  # None: the model's own (tiny: chatml)
     tiny: dict = field(default_factory=dict)
+    foundation: str | None = None  # tiny only: "shipped" or a foundation directory (None: random weights)
     max_length: int | None = None
     image_resampler: str | None = None  # None: the model's own (tiny: pillow); pillow | torch
 
@@ -200,6 +201,15 @@ def from_dict(raw: dict, source_file: str | None = None) -> TrainConfig:
         raise ConfigError(f"model.source={mspec.source!r} is not valid; choose 'tiny' or 'pretrained'")
     if mspec.source == "pretrained" and not mspec.path:
         raise ConfigError("model.source 'pretrained' needs model.path (a directory saved by hires-vlm)")
+    if mspec.foundation is not None:
+        if mspec.source != "tiny":
+            raise ConfigError("model.foundation applies to model.source 'tiny' only (a pretrained model has its weights)")
+        if not isinstance(mspec.foundation, (str, os.PathLike)) or not str(mspec.foundation):
+            raise ConfigError(f"model.foundation must be 'shipped' or a foundation directory, got {mspec.foundation!r}")
+        sized = sorted(set(mspec.tiny or {}) & {"tile_size", "patch_size", "vision_hidden", "vision_layers",
+                                                 "text_hidden", "text_layers", "vocab_size"})
+        if sized:
+            raise ConfigError(f"model.tiny sets {sized}, but a foundation fixes the sizes; drop them or the foundation")
     if mspec.image_resampler not in (None, "pillow", "torch"):
         raise ConfigError(f"model.image_resampler={mspec.image_resampler!r} is not valid; choose 'pillow' (the "
                           "official code's pixels) or 'torch' (faster; transformers' fast processors' pixels)")

@@ -103,6 +103,11 @@ def load_stage_model(cfg: TrainConfig, stage_index: int, train_file: str):
         kwargs.setdefault("max_length", m.max_length)
     if m.image_resampler:
         kwargs.setdefault("image_resampler", m.image_resampler)
+    if m.foundation:
+        found = str(m.foundation)
+        if found != "shipped" and not os.path.isabs(found) and not os.path.isdir(found) and cfg.source_file:
+            found = os.path.join(os.path.dirname(os.path.abspath(cfg.source_file)), found)  # beside the config
+        return build_tiny(m.method, seed=cfg.seed, foundation=found, **kwargs)
     return build_tiny(m.method, seed=cfg.seed, corpus=corpus_from_records(train_file), **kwargs)
 
 
@@ -230,6 +235,12 @@ def run_stage(cfg: TrainConfig, index: int, callbacks: list | None = None) -> St
     lrs = set_trainable(model, stage.trainable)
     if stage.lora:
         lrs.update(apply_lora(model, stage.lora))
+    frozen = [m for m in ("vision_tower", "connector", "language_model")
+              if not any(p.requires_grad for p in getattr(model, m).parameters())]
+    # The saved config says how the model was made: each stage's trainable prefixes and frozen parts.
+    model.config.training_stages = [s for s in (getattr(model.config, "training_stages", None) or [])
+                                    if s.get("stage") != stage.name] + [
+        {"stage": stage.name, "trainable": sorted(stage.trainable), "frozen": frozen}]
     table = log_components(model, stage.name)
     if is_main_process():
         atomic_write_text(os.path.join(stage_dir, "components.txt"), table + "\n")

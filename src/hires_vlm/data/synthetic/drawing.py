@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-VERSION = "hires-synth-1"
+VERSION = "hires-synth-2"  # 2: records carry a caption; captions.json (stage-1 alignment data)
 DEFAULT_SIZE_RANGE = (112, 224)  # bounds of each side, px (the long side is at least 2·S = 224)
 # Pattern squares scale with the image: their side is this fraction of the short side. Their stripes
 # are 1 px, so the antialiased low-resolution view erases them at any square size (measured by
@@ -22,7 +22,7 @@ ASPECTS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (2, 1), (1, 2))  # (width, he
 PATTERNS = ("plain", "horizontal", "vertical", "checkered")
 STRIPED = PATTERNS[1:]
 SPLITS = ("train", "test")
-JSON_FILES = ("train.json", "test.json", "benchmark.json")
+JSON_FILES = ("train.json", "test.json", "captions.json", "benchmark.json")
 OWNER = "the synthetic benchmark generator (hires_vlm.data.synthetic)"
 
 NOISE_STD = 10.0  # grey-level std of the background noise (full resolution)
@@ -30,7 +30,7 @@ _NOISE_STEP = 4  # noise is quantised to multiples of this: keeps the PNGs ~30 %
 _AMPLITUDE = (40, 56)  # pattern amplitude range: pixels are base ± A·envelope
 _PNG_LEVEL = 1
 _TAG_ITEM, _TAG_SCHEDULE, _TAG_SEPARABILITY, _TAG_PROBE = 1, 2, 3, 4
-_SPLIT_CODE = {"train": 0, "test": 1}
+_SPLIT_CODE = {"train": 0, "test": 1, "foundation": 2}  # foundation: the tiny foundation's own stream
 
 _PALETTE = {"red": (215, 45, 45), "green": (50, 170, 70), "blue": (45, 90, 215), "yellow": (230, 200, 50)}
 _PATTERN_PHRASE = {

@@ -31,6 +31,7 @@ from .drawing import (
     SPLITS,
     VERSION,
 )
+from .captions import image_caption
 from .families import FAMILIES, _check_families, _check_size_range, _draw_item, _family_code, _min_long, _Opts
 from .probes import lowres_separability
 from .scoring import _answer_of
@@ -108,8 +109,16 @@ def _make_item(task: _Task) -> dict:
         ],
         "family": family,
         "qtype": qtype,
+        "caption": image_caption(s),
     }
     return {"record": record, "hash": _image_hash(s.image), "size": list(s.size)}
+
+
+def caption_records(records: list[dict]) -> list[dict]:
+    """Stage-1 alignment data: each training image with its caption (LLaVA's pretraining format)."""
+    return [{"id": r["id"] + "-caption", "image": r["image"],
+             "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": r["caption"]}],
+             "family": r["family"], "qtype": "caption"} for r in records]
 
 
 def _run(tasks: list[_Task], num_workers: int) -> list[dict]:
@@ -147,7 +156,7 @@ def _is_complete(out_dir: Path, meta: dict) -> bool:
                 return False
             if not all((out_dir / r["image"]).is_file() for r in recs):
                 return False
-        return True
+        return (out_dir / "captions.json").is_file()
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -160,7 +169,9 @@ def generate_benchmark(out_dir: str | os.PathLike, *, train_per_family: int, tes
     """Draw the benchmark into ``out_dir`` (skipped when ``benchmark.json`` matches the request).
 
     Writes ``images/{train,test}/<family>/<id>.png``, ``train.json`` and ``test.json`` (LLaVA
-    conversation JSON plus ``family`` and ``qtype``; image paths relative to ``out_dir``) and last
+    conversation JSON plus ``family``, ``qtype`` and the image's ``caption``; image paths relative
+    to ``out_dir``), ``captions.json`` (the training images with their captions: stage-1
+    alignment data, LLaVA's pretraining format) and last
     ``benchmark.json`` (parameters, counts, sizes, answers, chance levels, version and the
     :func:`lowres_separability` measurement). ``min_long_side`` (default 2·``tile_size``) keeps
     the low-resolution path a reduction by at least 2, where the fine patterns vanish exactly.
@@ -232,6 +243,7 @@ def generate_benchmark(out_dir: str | os.PathLike, *, train_per_family: int, tes
 
     for split in SPLITS:
         fsio.atomic_write(out_dir / f"{split}.json", _json_bytes([it["record"] for it in results[split]]))
+    fsio.atomic_write(out_dir / "captions.json", _json_bytes(caption_records([it["record"] for it in results["train"]])))
     keep = {it["record"]["image"] for split in SPLITS for it in results[split]}
     folder.prune(keep | set(JSON_FILES))  # images of an earlier, larger request; never a file of anyone else
 
