@@ -110,3 +110,17 @@ def test_foundation_cli_verify(capsys):
     assert main(["foundation", "verify", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["source"] == "shipped" and info["sizes"]["vision_hidden"] == 256
+
+
+def test_foundation_cli_build_then_verify(tmp_path, capsys):
+    from hires_vlm.cli import main
+
+    out = tmp_path / "f"
+    assert main(["foundation", "build", "--out", str(out), "--items-per-family", "2", "--vision-steps", "1",
+                 "--lm-steps", "1", "--no-progress"]) == 0
+    assert main(["foundation", "verify", str(out)]) == 0
+    assert "match their hashes" in capsys.readouterr().out
+    (out / "tokenizer" / "extra.txt").write_text("x")
+    assert main(["foundation", "verify", str(out)]) == 1
+    assert "extra.txt not listed" in capsys.readouterr().out
+    assert main(["foundation", "build", "--out", str(out), "--vision-steps", "0"]) == 2  # a clear error, no traceback

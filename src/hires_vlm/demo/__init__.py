@@ -84,7 +84,7 @@ def run_demo(suite: str = "main", *, quick: bool = False, out_dir: str | None = 
                        for x in (next(y for y in p.rows if y.name == r.name) for p in per_seed)] for r in res.rows}
     header, body, raw = claims_table({suite: by_row})
     if body:
-        res.claims = format_table(header, body)
+        res.claims = format_table(header, body, left=True)
         res.files["claims"] = os.path.join(out_dir, f"claims_{suite}.md")
         _atomic_write(res.files["claims"], f"# Claims of the papers — suite `{suite}`, {seeds} seed(s)\n\n"
                       + markdown_table(header, body) + "\n")

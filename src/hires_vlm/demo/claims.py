@@ -2,8 +2,9 @@
 
 Each claim compares rows of one suite on overall accuracy, paired by seed: Δ = better − worse per
 seed, its mean and standard deviation. The verdict uses the half-width of a 95 % interval of the
-mean (t · sd / √n): Δ above it *agree*, below its negative *disagree*, between *within noise*; a
-claim of "equal or better" counts as agreeing within noise. With one seed there is no spread and
+mean (t · sd / √n): Δ above it *agree*, below its negative *disagree*, between *within noise* (also
+for a claim of "equal or better": a difference too small to resolve does not show equality). A
+claim of fewer tokens disagrees when the tokens are not fewer. With one seed there is no spread and
 the verdict says so. The papers' figures are the averages of their own ablation tables (quoted
 with the rows compared; SliME Tables 3–4 average POPE, GQA, SQA, VQA^T and AMBER, INF-LLaVA
 Tables 4–6 POPE, SEED, MM-Vet and LLaVA-W — unweighted means of the published cells).
@@ -83,8 +84,8 @@ def judge(claim: Claim, per_seed: dict[str, list[dict]]) -> dict:
         verdict = "agree"
     elif mean < -half:
         verdict = "disagree"
-    else:
-        verdict = "agree (equal within noise)" if claim.at_least_equal else "within noise"
+    else:  # not separable from noise: neither agreement (an equality is not shown by it) nor disagreement
+        verdict = "within noise"
     return {"claim": claim, "n": n, "delta": mean, "sd": sd, "half_width": half, "verdict": verdict,
             "better": sum(r["overall"] for r in a[:n]) / n, "worse": sum(r["overall"] for r in b[:n]) / n,
             "tokens": (tokens_a, tokens_b)}

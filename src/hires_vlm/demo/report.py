@@ -57,10 +57,12 @@ def table_rows(rows: list[Row], chance: dict[str, float]) -> tuple[list[str], li
     return header, out
 
 
-def format_table(header: list[str], body: list[list[str]]) -> str:
+def format_table(header: list[str], body: list[list[str]], left: bool = False) -> str:
+    """Aligned text: the first column (``left``: every column) left-justified, the numbers right."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     def line(cells):
-        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(str(c).ljust(w) if i == 0 or left else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in body])
 
 
@@ -80,6 +82,9 @@ def save_accuracy_figure(rows: list[Row], chance: dict, path: str, title: str) -
     for ax, key, label in ((axes[0], None, "overall accuracy (%)"), (axes[1], "fine_detail", "fine-detail accuracy (%)")):
         for r in rows:
             y = r.overall if key is None else r.accuracy.get(key, float("nan"))
+            sd = r.extra.get("sd", {}).get("overall" if key is None else key)
+            if sd is not None:  # several seeds: ± one standard deviation
+                ax.errorbar(r.visual_tokens, y, yerr=sd, fmt="none", ecolor="grey", capsize=3, lw=1)
             ax.scatter(r.visual_tokens, y, s=40)
             ax.annotate(r.name, (r.visual_tokens, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         if key is not None and key in chance:

@@ -38,7 +38,7 @@ class Budget:
 
 
 BUDGETS = {
-    "default": Budget(train_per_family=500, test_per_family=50, steps=1000),
+    "default": Budget(train_per_family=500, test_per_family=50, steps=600),
     "quick": Budget(train_per_family=120, test_per_family=20, steps=90),
 }
 REGIMES = ("foundation", "scratch")
