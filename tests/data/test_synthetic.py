@@ -36,11 +36,17 @@ def _pixel_hash(path: Path) -> str:
 # ---------------------------------------------------------------------------------------- files
 def test_llava_conversation_json(bench):
     root = bench.out_dir
+    # captions.json: the training images with their captions, LLaVA's pretraining (plain) format
+    captions = syn.read_records(root / "captions.json")
+    train = syn.read_records(root / "train.json")
+    assert [c["image"] for c in captions] == [r["image"] for r in train]
+    assert all(c["conversations"] == [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": r["caption"]}]
+               for c, r in zip(captions, train))
     for split in ("train", "test"):
         records = syn.read_records(root / f"{split}.json")
         assert len(records) == len(syn.FAMILIES) * SMALL[f"{split}_per_family"]
         for r in records:
-            assert set(r) == {"id", "image", "conversations", "family", "qtype"}
+            assert set(r) == {"id", "image", "conversations", "family", "qtype", "caption"}
             assert r["image"] == f"images/{split}/{r['family']}/{r['id']}.png"
             human, gpt = r["conversations"]
             assert human["from"] == "human" and gpt["from"] == "gpt"
@@ -62,7 +68,7 @@ def test_same_seed_gives_identical_files_whatever_the_workers(bench, tmp_path):
     again = syn.generate_benchmark(tmp_path / "again", seed=3, num_workers=1, **SMALL)
     assert again.regenerated
     first, second = _files(bench.out_dir), _files(again.out_dir)
-    assert first.keys() == second.keys() and len(first) == 4 + 6 * (8 + 4)  # 3 JSON + the ownership marker
+    assert first.keys() == second.keys() and len(first) == 5 + 6 * (8 + 4)  # 4 JSON + the ownership marker
     assert all(first[k] == second[k] for k in first)
     other = syn.generate_benchmark(tmp_path / "other", seed=4, num_workers=1, families=["fine_detail"],
                                    train_per_family=4, test_per_family=0, separability_samples=0)

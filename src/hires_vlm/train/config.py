@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -201,9 +202,12 @@ def from_dict(raw: dict, source_file: str | None = None) -> TrainConfig:
         raise ConfigError(f"model.source={mspec.source!r} is not valid; choose 'tiny' or 'pretrained'")
     if mspec.source == "pretrained" and not mspec.path:
         raise ConfigError("model.source 'pretrained' needs model.path (a directory saved by hires-vlm)")
+    if mspec.foundation is not None and mspec.source == "pretrained":
+        # e.g. `--set model.source=pretrained` on a tiny config: the saved model has its own weights
+        logging.getLogger(__name__).warning("model.foundation=%r is ignored: model.source is 'pretrained' (%s has "
+                                            "its own weights)", mspec.foundation, mspec.path)
+        mspec.foundation = None
     if mspec.foundation is not None:
-        if mspec.source != "tiny":
-            raise ConfigError("model.foundation applies to model.source 'tiny' only (a pretrained model has its weights)")
         if not isinstance(mspec.foundation, (str, os.PathLike)) or not str(mspec.foundation):
             raise ConfigError(f"model.foundation must be 'shipped' or a foundation directory, got {mspec.foundation!r}")
         sized = sorted(set(mspec.tiny or {}) & {"tile_size", "patch_size", "vision_hidden", "vision_layers",
