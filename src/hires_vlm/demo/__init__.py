@@ -42,7 +42,17 @@ from .report import (
     save_gallery,
     table_rows,
 )
-from .suites import BUDGETS, FAMILY_ORDER, REGIMES, SUITES, Budget, Entry, Row, _slug, stages_for
+from .suites import (
+    BUDGETS,
+    FAMILY_ORDER,
+    REGIMES,
+    SUITES,
+    Budget,
+    Entry,
+    Row,
+    _slug,
+    stages_for,
+)
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -82,7 +92,7 @@ def run_demo(suite: str = "main", *, quick: bool = False, out_dir: str | None = 
         res = _aggregate(suite, per_seed, out_dir, figures)
     by_row = {r.name: [{"overall": x.overall, "visual_tokens": x.visual_tokens}
                        for x in (next(y for y in p.rows if y.name == r.name) for p in per_seed)] for r in res.rows}
-    header, body, raw = claims_table({suite: by_row})
+    header, body, _ = claims_table({suite: by_row})
     if body:
         res.claims = format_table(header, body, left=True)
         res.files["claims"] = os.path.join(out_dir, f"claims_{suite}.md")
@@ -91,18 +101,21 @@ def run_demo(suite: str = "main", *, quick: bool = False, out_dir: str | None = 
     return res
 
 
-def _aggregate(suite: str, per_seed: list[DemoResult], out_dir: str, figures: bool) -> DemoResult:
-    """Means and standard deviations over seeds of every row's numbers (seed-paired rows)."""
+def mean_sd(values) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the values that are not None (0 for one value)."""
     import statistics
 
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _aggregate(suite: str, per_seed: list[DemoResult], out_dir: str, figures: bool) -> DemoResult:
+    """Means and standard deviations over seeds of every row's numbers (seed-paired rows)."""
     rows = []
     for r in per_seed[0].rows:
         same = [next(x for x in p.rows if x.name == r.name) for p in per_seed]
-        def mean_sd(values):
-            values = [v for v in values if v is not None]
-            if not values:
-                return None, None
-            return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
         acc, sd = {}, {}
         for fam in r.accuracy:
             acc[fam], sd[fam] = mean_sd([x.accuracy.get(fam) for x in same])

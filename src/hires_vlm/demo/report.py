@@ -31,17 +31,21 @@ def wilson_half_width(p: float, n: int) -> float:
     return 100.0 * z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
 
 
-def _cell(r: Row, fam: str) -> str:
-    value = r.existence_f1 if fam == "existence" else r.accuracy.get(fam)
+def _with_interval(value: float | None, sd: float | None, n: int | None) -> str:
+    """``value ±sd`` (several seeds), else ``value ±half-width`` of the 95 % interval on ``n`` items."""
     if value is None:
         return "-"
-    sd = r.extra.get("sd", {}).get(fam)
-    if sd is not None:  # several seeds: mean ± standard deviation over seeds
+    if sd is not None:
         return f"{value:.1f} ±{sd:.1f}"
-    n = r.extra.get("n", {}).get(fam)
-    if n and fam != "existence":  # one seed: the 95 % interval of the accuracy on n items
+    if n:
         return f"{value:.1f} ±{wilson_half_width(value / 100.0, n):.0f}"
     return _fmt(value)
+
+
+def _cell(r: Row, fam: str) -> str:
+    value = r.existence_f1 if fam == "existence" else r.accuracy.get(fam)
+    n = None if fam == "existence" else r.extra.get("n", {}).get(fam)  # an F1 has no binomial interval
+    return _with_interval(value, r.extra.get("sd", {}).get(fam), n)
 
 
 def table_rows(rows: list[Row], chance: dict[str, float]) -> tuple[list[str], list[list[str]]]:
@@ -50,7 +54,7 @@ def table_rows(rows: list[Row], chance: dict[str, float]) -> tuple[list[str], li
     out = []
     for r in rows:
         fams = [_cell(r, f) for f in FAMILY_ORDER]
-        overall = _cell(Row(**{**r.__dict__, "accuracy": {"overall": r.overall}}), "overall")
+        overall = _with_interval(r.overall, r.extra.get("sd", {}).get("overall"), r.extra.get("n", {}).get("overall"))
         out.append([r.name, _fmt(r.visual_tokens, 0)] + fams + [overall, _fmt(r.extra.get("no_answer")),
                                                                  _fmt(r.train_seconds, 0), _fmt(r.images_per_second, 1)])
     out.append(["(chance)", ""] + [_fmt(chance.get(f)) for f in FAMILY_ORDER] + ["", "", "", ""])

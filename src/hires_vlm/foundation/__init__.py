@@ -8,7 +8,15 @@ their hashes) and loaded into any method's tiny model by ``build_tiny(..., found
 (:mod:`.store`). ``hires-vlm foundation build|verify`` are the commands.
 """
 
-from .store import SHIPPED, Foundation, FoundationError, apply_foundation, load_foundation, resolve, verify_files
+from .store import (
+    SHIPPED,
+    Foundation,
+    FoundationError,
+    apply_foundation,
+    load_foundation,
+    resolve,
+    verify_files,
+)
 
 __all__ = ["SHIPPED", "Foundation", "FoundationError", "FoundationRecipe", "apply_foundation", "build_foundation",
            "load_foundation", "resolve", "verify_files"]

@@ -195,7 +195,7 @@ def train_vision(views: np.ndarray, captions: list[str], tokenizer, recipe: Foun
     tail = history[-max(1, len(history) // 10):]
     metrics = {"final_loss": float(np.mean([h["loss"] for h in tail])),
                "final_batch_retrieval_accuracy": float(np.mean([h["acc"] for h in tail])),
-               "distinct_captions": len(distinct), "views": int(len(views))}
+               "distinct_captions": len(distinct), "views": len(views)}
     return vision, vcfg, metrics
 
 

@@ -102,7 +102,7 @@ def caption_views(sample: Sample, rng: np.random.Generator, tile_size: int, crop
             b = objects[int(rng.integers(0, len(objects)))]
             cx = (b[0] + b[2]) / 2 + rng.uniform(-s / 4, s / 4)
             cy = (b[1] + b[3]) / 2 + rng.uniform(-s / 4, s / 4)
-            x0, y0 = int(round(cx - s / 2)), int(round(cy - s / 2))
+            x0, y0 = round(cx - s / 2), round(cy - s / 2)
         else:
             x0, y0 = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
         x0, y0 = min(max(x0, 0), w - s), min(max(y0, 0), h - s)
