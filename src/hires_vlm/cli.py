@@ -134,6 +134,7 @@ SUBCOMMAND_MODULES = (
     "hires_vlm.data.cli",
     "hires_vlm.theory.cli_group",
     "hires_vlm.foundation.cli",
+    "hires_vlm.export.cli",
 )
 
 

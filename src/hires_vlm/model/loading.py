@@ -23,7 +23,8 @@ def check_model_dir(model_dir: str | os.PathLike) -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{os.fspath(model_dir)!r} has no config.json: it is not a saved model (give the "
                                 "folder written by hires-vlm train/build/import, e.g. <run>/<stage>/final)")
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
+    adapters = (path / "hires_lora.json").is_file() and (path / "adapter_model.safetensors").is_file()
+    if not adapters and not any((path / name).is_file() for name in WEIGHT_FILES):
         legacy = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt*")]
         hint = (f"; it has {', '.join(sorted(legacy)[:3])}, which are not read (pickle): convert them with "
                 "hires-vlm import" if legacy else "; was the training or saving interrupted?")
@@ -43,7 +44,11 @@ def load_model(model_dir: str | os.PathLike, device: str | None = None, dtype: s
         raise ValueError(f"dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
     kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = HiResVLM.from_pretrained(path, **kwargs).to(device).eval()
+    from ..train.lora import is_adapter_output, load_lora_output
+
+    # an adapter-only LoRA output (``lora.save: adapter``) loads onto its base, merged
+    model = load_lora_output(path, **kwargs) if is_adapter_output(path) else HiResVLM.from_pretrained(path, **kwargs)
+    model = model.to(device).eval()
     processor = HiResVLMProcessor.from_pretrained(path)
     return model, processor
 

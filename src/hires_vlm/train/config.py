@@ -4,16 +4,21 @@ A run is::
 
     run:      {output_dir, seed}
     model:    {source: tiny | pretrained, path, method, template, tiny: {sizes}, foundation, image_resampler}
-    data:     {train: FILE | synthetic, image_folder, synthetic: {...}, max_length}
-    training: {defaults for every stage: HF TrainingArguments names}
+    data:     {train: FILE | synthetic, image_folder, synthetic: {...}, max_length,
+               eval: FILE, eval_image_folder, eval_limit, eval_accuracy}
+    training: {defaults for every stage: any transformers.TrainingArguments field (see arguments.py)}
     stages:   [{name, template, trainable: {module prefix: lr}, method_runtime: {...}, training: {...},
-                lora: {r, alpha, dropout, target_modules, lr}}]
+                data: {...}, lora: {r, alpha, dropout, target_modules, lr, save}}]
 
 ``trainable`` maps parameter-name prefixes of ``HiResVLM`` (``connector``, ``connector.projector``,
 ``language_model``, ``vision_tower``, …) to their learning rate; everything else is frozen.
 ``method_runtime`` changes the method's run-time fields for the stage (SliME's branches, γ, …).
-``lora`` (optional) trains LoRA adapters (peft) on the language model's ``target_modules`` at
-learning rate ``lr``; they are merged into the weights when the stage saves.
+``data.eval`` (per run, or per stage in the stage's ``data``) is a LLaVA JSON file evaluated during
+training (eval loss every ``eval_steps``; ``eval_accuracy: N`` also answers its first N questions).
+``lora`` (optional) trains LoRA adapters (peft) at learning rate ``lr`` on ``target_modules``: plain
+names (``q_proj``) inside the language model, names starting with a component (``connector.*``,
+``vision_tower.*.q_proj``) anywhere in the model (see lora.py); ``save: merged`` (default) folds
+them into the weights when the stage saves, ``save: adapter`` saves the adapter alone.
 Unknown keys are errors that list the valid ones.
 """
 
@@ -28,31 +33,12 @@ from typing import Any
 
 import yaml
 
-TRAINING_KEYS = {
-    "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
-    "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "logging_steps", "save_steps",
-    "save_total_limit", "gradient_checkpointing", "bf16", "fp16", "tf32", "dataloader_num_workers", "deepspeed",
-    "fsdp", "fsdp_config", "max_grad_norm", "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "report_to",
-    "ddp_find_unused_parameters", "torch_compile", "group_by_length", "seed", "data_seed", "use_cpu", "disable_tqdm",
-}
+from .arguments import ConfigError, _number, check_training
 
-
-LORA_KEYS = {"r", "alpha", "dropout", "target_modules", "lr"}
-
-_INT, _NUM, _BOOL = "an integer", "a number", "true or false"
-#: The type each training key must have (checked when the config is read, before any model is built).
-TRAINING_TYPES = {
-    **dict.fromkeys(["per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps",
-                     "save_steps", "save_total_limit", "dataloader_num_workers", "seed", "data_seed"], _INT),
-    **dict.fromkeys(["num_train_epochs", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm",
-                     "adam_beta1", "adam_beta2", "adam_epsilon"], _NUM),
-    **dict.fromkeys(["gradient_checkpointing", "bf16", "fp16", "tf32", "torch_compile", "group_by_length",
-                     "use_cpu", "disable_tqdm", "ddp_find_unused_parameters"], _BOOL),
-}
-
-
-class ConfigError(ValueError):
-    pass
+__all__ = ["ConfigError", "DataSpec", "ModelSpec", "StageSpec", "TrainConfig", "apply_override", "from_dict",
+           "load_config", "validate"]
+LORA_KEYS = {"r", "alpha", "dropout", "target_modules", "lr", "save"}
+LORA_SAVE = ("merged", "adapter")
 
 
 def _check_keys(where: str, d: dict, allowed: set[str]) -> None:
@@ -61,22 +47,6 @@ def _check_keys(where: str, d: dict, allowed: set[str]) -> None:
     unknown = sorted(set(d) - allowed, key=str)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(allowed)}")
-
-
-def _check_training(where: str, d: dict) -> dict:
-    """Keys and value types of a ``training`` mapping; numbers written as strings are read as numbers."""
-    _check_keys(where, d, TRAINING_KEYS)
-    out = {}
-    for key, value in d.items():
-        kind = TRAINING_TYPES.get(key)
-        value = _number(value) if kind in (_INT, _NUM) else value
-        ok = {_INT: isinstance(value, int) and not isinstance(value, bool),
-              _NUM: isinstance(value, (int, float)) and not isinstance(value, bool),
-              _BOOL: isinstance(value, bool) or value is None, None: True}[kind]
-        if not ok:
-            raise ConfigError(f"{where}.{key} must be {kind}, got {value!r}")
-        out[key] = value
-    return out
 
 
 @dataclass
@@ -97,6 +67,10 @@ class DataSpec:
     image_folder: str | None = None
     synthetic: dict = field(default_factory=dict)
     max_length: int | None = None
+    eval: str | None = None  # LLaVA JSON evaluated during training (None: no evaluation)
+    eval_image_folder: str | None = None  # None: image_folder, else the eval file's folder
+    eval_limit: int | None = None  # evaluate on the first N records only (None: all)
+    eval_accuracy: int = 0  # at each evaluation, answer the first N records by generation (0: off)
 
 
 @dataclass
@@ -107,7 +81,7 @@ class StageSpec:
     method_runtime: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)  # per-stage overrides of DataSpec fields
-    lora: dict = field(default_factory=dict)  # LoRA on the language model: {r, alpha, dropout, target_modules, lr}
+    lora: dict = field(default_factory=dict)  # {r, alpha, dropout, target_modules, lr, save}
 
 
 @dataclass
@@ -143,16 +117,6 @@ def parse_value(text: str) -> Any:
     except yaml.YAMLError:
         return text
     return _number(value)
-
-
-def _number(value: Any) -> Any:
-    """YAML 1.1 reads ``2e-5`` (no dot) as a string; take it as the number it obviously is."""
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value.lower() for c in ".e") else int(value)
-        except ValueError:
-            return value
-    return value
 
 
 def apply_override(raw: dict, assignment: str) -> None:
@@ -220,7 +184,8 @@ def from_dict(raw: dict, source_file: str | None = None) -> TrainConfig:
     data = raw.get("data") or {}
     _check_keys("data", data, {f.name for f in dataclasses.fields(DataSpec)})
     dspec = DataSpec(**data)
-    training = _check_training("training", raw.get("training") or {})
+    _check_data("data", data)
+    training = check_training("training", raw.get("training") or {})
     stages_raw = raw.get("stages")
     if not stages_raw:
         raise ConfigError("the config needs at least one entry in 'stages'")
@@ -240,20 +205,44 @@ def from_dict(raw: dict, source_file: str | None = None) -> TrainConfig:
         for k, v in trainable.items():
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"stage {s['name']!r}: learning rate of {k!r} must be a positive number, got {v!r}")
-        stage_training = _check_training(f"stages[{i}].training", s.get("training") or {})
+        stage_training = check_training(f"stages[{i}].training", s.get("training") or {}, stage=s["name"])
         _check_keys(f"stages[{i}].data", s.get("data") or {}, {f.name for f in dataclasses.fields(DataSpec)})
+        _check_data(f"stages[{i}].data", s.get("data") or {})
         lora = dict(s.get("lora") or {})
         if lora:
             _check_lora(s["name"], lora)
         stages.append(StageSpec(name=s["name"], trainable={k: float(v) for k, v in trainable.items()},
                                 template=s.get("template"), method_runtime=dict(s.get("method_runtime") or {}),
                                 training=stage_training, data=dict(s.get("data") or {}), lora=lora))
-    return TrainConfig(output_dir=str(run["output_dir"]), seed=seed, model=mspec, data=dspec,
-                       training=dict(training), stages=stages, source_file=source_file)
+    cfg = TrainConfig(output_dir=str(run["output_dir"]), seed=seed, model=mspec, data=dspec,
+                      training=dict(training), stages=stages, source_file=source_file)
+    for i, stage in enumerate(cfg.stages):
+        strategy = cfg.stage_training(stage).get("eval_strategy", "no")
+        if strategy != "no" and not cfg.stage_data(stage).eval:
+            raise ConfigError(f"stage {stage.name!r}: eval_strategy={strategy!r} needs an eval dataset; set data.eval "
+                              f"(or stages[{i}].data.eval) to a LLaVA JSON file, or drop eval_strategy")
+    return cfg
+
+
+def _check_data(where: str, data: dict) -> None:
+    """Types of the eval fields of a ``data`` mapping (the train fields are checked where they are read)."""
+    for key in ("eval", "eval_image_folder"):
+        v = data.get(key)
+        if v is not None and not (isinstance(v, (str, os.PathLike)) and str(v)):
+            raise ConfigError(f"{where}.{key} must be a file path (or null), got {v!r}")
+    limit = data.get("eval_limit")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ConfigError(f"{where}.eval_limit must be a positive integer (or null: every record), got {limit!r}")
+    acc = data.get("eval_accuracy", 0)
+    if not isinstance(acc, int) or isinstance(acc, bool) or acc < 0:
+        raise ConfigError(f"{where}.eval_accuracy must be a number of records (0: off), got {acc!r}")
 
 
 def _check_lora(stage: str, lora: dict) -> None:
     _check_keys(f"stage {stage!r} lora", lora, LORA_KEYS)
+    for key in ("r", "alpha", "dropout", "lr"):  # 1e-4 written without a dot is a string to YAML 1.1
+        if key in lora:
+            lora[key] = _number(lora[key])
     for key in ("r", "lr", "target_modules"):
         if key not in lora:
             raise ConfigError(f"stage {stage!r}: lora needs {key!r} (keys: {sorted(LORA_KEYS)})")
@@ -267,8 +256,12 @@ def _check_lora(stage: str, lora: dict) -> None:
     if not isinstance(d, (int, float)) or isinstance(d, bool) or not 0 <= d < 1:
         raise ConfigError(f"stage {stage!r}: lora.dropout must be in [0, 1), got {d!r}")
     tm = lora["target_modules"]
-    if not (isinstance(tm, str) or (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm))):
-        raise ConfigError(f"stage {stage!r}: lora.target_modules must be a module name list (or 'all-linear')")
+    if not (isinstance(tm, str) or (isinstance(tm, list) and tm and all(isinstance(t, str) and t for t in tm))):
+        raise ConfigError(f"stage {stage!r}: lora.target_modules must be a list of module names (q_proj, "
+                          "connector.*, vision_tower.*.q_proj, …) or 'all-linear'")
+    if lora.get("save", "merged") not in LORA_SAVE:
+        raise ConfigError(f"stage {stage!r}: lora.save={lora['save']!r} is not valid; choose 'merged' (fold the "
+                          "adapters into the weights; the default) or 'adapter' (save the adapter alone)")
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:

@@ -1,8 +1,8 @@
-"""Which parameters a stage trains: freezing by module prefix, LoRA on the language model, the log of it.
+"""Which parameters a stage trains: freezing by module prefix, and the log of it.
 
 Every parameter is frozen, then each ``trainable`` prefix is unfrozen with its learning rate (the
-longest prefix decides); the trainable/frozen state of every component is logged at the start of
-each stage (``components.txt``).
+longest prefix decides); LoRA adapters (lora.py) go on afterwards, onto frozen layers. The
+trainable/frozen state of every component is logged at the start of each stage (``components.txt``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import logging
 
 import torch
 
-from .config import ConfigError
+from .arguments import ConfigError
+from .lora import apply_lora, merge_lora  # noqa: F401  (re-exported: they were defined here)
 
 logger = logging.getLogger("hires_vlm.train")
 
@@ -35,53 +36,26 @@ def set_trainable(model: torch.nn.Module, trainable: dict[str, float]) -> dict[s
     return {n: v[0] for n, v in lrs.items()}  # type: ignore[index]
 
 
-def apply_lora(model: torch.nn.Module, spec: dict) -> dict[str, float]:
-    """Wrap ``model.language_model`` with peft LoRA adapters; returns {parameter name: lr} of the adapters.
-
-    The language model's own weights stay frozen (a stage with ``lora`` must not also train
-    ``language_model``); :func:`merge_lora` folds the adapters into them before the stage saves.
-    """
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise ConfigError("a stage with 'lora' needs peft: pip install 'hires-vlm[lora]'") from None
-    lm = model.language_model
-    if any(p.requires_grad for p in lm.parameters()):
-        raise ConfigError("a stage with 'lora' must not also list 'language_model' (or a part of it) in "
-                          "'trainable': LoRA trains adapters on the frozen language model")
-    targets = spec["target_modules"]
-    config = LoraConfig(r=int(spec["r"]), lora_alpha=float(spec.get("alpha", spec["r"])),
-                        lora_dropout=float(spec.get("dropout", 0.0)), bias="none",
-                        target_modules=targets if isinstance(targets, str) else list(targets))
-    model.language_model = get_peft_model(lm, config)
-    lr = float(spec["lr"])
-    return {n: lr for n, p in model.named_parameters() if p.requires_grad and n.startswith("language_model.")}
-
-
-def merge_lora(model: torch.nn.Module) -> None:
-    """Fold LoRA adapters into the language model's weights and drop the peft wrapper (no-op without one)."""
-    lm = model.language_model
-    if hasattr(lm, "merge_and_unload"):
-        model.language_model = lm.merge_and_unload()
-
-
-def component_table(model: torch.nn.Module) -> list[tuple[str, int, int]]:
-    """(component, parameters, trainable parameters) for the tower, each connector part and the LM."""
+def component_table(model: torch.nn.Module, lora: bool = False) -> list[tuple]:
+    """(component, parameters, trainable parameters) for the tower, each connector part and the LM;
+    with ``lora``, a fourth number: the trainable parameters that are LoRA adapters."""
     groups: dict[str, list[int]] = {}
     for n, p in model.named_parameters():
         parts = n.split(".")
         key = ".".join(parts[:2]) if parts[0] == "connector" else parts[0]
-        g = groups.setdefault(key, [0, 0])
+        g = groups.setdefault(key, [0, 0, 0])
         g[0] += p.numel()
         g[1] += p.numel() if p.requires_grad else 0
-    return [(k, v[0], v[1]) for k, v in groups.items()]
+        g[2] += p.numel() if p.requires_grad and ".lora_" in n else 0
+    return [(k, *v) if lora else (k, v[0], v[1]) for k, v in groups.items()]
 
 
 def log_components(model, stage: str) -> str:
-    rows = component_table(model)
+    rows = component_table(model, lora=True)
     lines = [f"stage {stage!r}: trainable / frozen components"]
-    for name, total, train in rows:
+    for name, total, train, adapters in rows:
         state = "trainable" if train == total else ("frozen" if train == 0 else "partly trainable")
+        state = "LoRA adapters" if train and adapters == train else state
         lines.append(f"  {name:<32} {state:<17} {train:>12,} / {total:,} params")
     text = "\n".join(lines)
     logger.info(text)

@@ -6,7 +6,12 @@ component, trains, and writes ``<output_dir>/<stage>/final`` atomically. A stage
 exists is skipped; an interrupted stage resumes from its newest *complete* checkpoint (optimizer,
 scheduler, RNG and data position — the Trainer's exact resume). Multi-process runs go through
 ``torchrun`` (gloo on CPU, NCCL on GPU); DeepSpeed ZeRO / FSDP through the stage's ``training``
-keys ``deepspeed`` / ``fsdp``.
+keys ``deepspeed`` / ``fsdp`` (any ``TrainingArguments`` field goes there: arguments.py).
+
+A stage with an eval set (``data.eval``) evaluates during training and writes ``eval_history.json``
+beside ``log_history.json``; ``loss.png`` shows both curves (evaluation.py, plots.py). A LoRA stage
+with ``lora.save: adapter`` writes its adapters, not the merged weights, into ``final/``; the next
+stage, and :func:`~hires_vlm.train.lora.load_lora_output`, put them back onto the base (lora.py).
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-import torch
 import yaml
 
-from .. import compat
+from .arguments import logging_dir, resolve_config_path, tensorboard_dir, training_arguments  # noqa: F401  (re-exported)
 from .config import ConfigError, StageSpec, TrainConfig, config_differences, validate
-from .freezing import apply_lora, log_components, merge_lora, set_trainable  # noqa: F401  (re-exported)
+from .evaluation import AnswerAccuracy, eval_dataset, eval_history, needs_final_eval
+from .freezing import log_components, set_trainable
+from .lora import apply_lora, is_adapter_output, load_lora_output, merge_lora, save_adapter
+from .plots import save_loss_plot
 from .trainer import (  # noqa: F401  (re-exported)
     COMPLETE_MARKER,
     _make_trainer_class,
@@ -81,7 +88,8 @@ def load_stage_model(cfg: TrainConfig, stage_index: int, train_file: str):
         prev = os.path.join(cfg.output_dir, cfg.stages[stage_index - 1].name, "final")
         if not os.path.isdir(prev):
             raise FileNotFoundError(f"stage {cfg.stages[stage_index].name!r} needs the previous stage's output {prev!r}")
-        return HiResVLM.from_pretrained(prev), HiResVLMProcessor.from_pretrained(prev)
+        model = load_lora_output(prev) if is_adapter_output(prev) else HiResVLM.from_pretrained(prev)
+        return model, HiResVLMProcessor.from_pretrained(prev)
     m = cfg.model
     if m.source == "pretrained":
         model = HiResVLM.from_pretrained(m.path)
@@ -135,77 +143,26 @@ class StageResult:
     steps: int = 0
     seconds: float = 0.0
     data_skips: dict = field(default_factory=dict)
+    eval_loss: float | None = None  # the last evaluation's (None: the stage has no eval set)
 
 
-def save_loss_plot(history: list[dict], path: str, title: str) -> None:
-    pts = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-    if not pts:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def resolve_config_path(path: str, config_file: str | None) -> str:
-    """A path as given, else relative to the config file, else inside the packaged ``configs/``."""
-    candidates = [path]
-    if config_file:
-        candidates.append(os.path.join(os.path.dirname(os.path.abspath(config_file)), path))
-    pkg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-    candidates.append(os.path.join(pkg, path.removeprefix("configs/")))
-    for c in candidates:
-        if os.path.isfile(c):
-            return c
-    raise ConfigError(f"file {path!r} not found (looked in {candidates})")
-
-
-def training_arguments(cfg: TrainConfig, stage: StageSpec, stage_dir: str, lrs: dict[str, float]):
-    from transformers import TrainingArguments
-
-    t = {
-        "per_device_train_batch_size": 4, "num_train_epochs": 1, "lr_scheduler_type": "cosine",
-        "warmup_ratio": 0.03, "weight_decay": 0.0, "logging_steps": 10, "save_steps": 500, "save_total_limit": 2,
-        "report_to": "none", "dataloader_num_workers": 0,
-    }
-    t.update(cfg.stage_training(stage))
-    gc = bool(t.pop("gradient_checkpointing", False))
-    if isinstance(t.get("deepspeed"), str):
-        t["deepspeed"] = resolve_config_path(t["deepspeed"], cfg.source_file)
-    if "warmup_ratio" in t:
-        ratio = t.pop("warmup_ratio")
-        if "warmup_steps" not in t and ratio:
-            t["warmup_steps"] = float(ratio)  # transformers ≥5 takes a ratio < 1 in warmup_steps
-    cuda = torch.cuda.is_available()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    args = TrainingArguments(
-        output_dir=stage_dir,
-        learning_rate=max(lrs.values()),
-        seed=cfg.seed,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        save_strategy="steps",
-        logging_strategy="steps",
-        **compat.checkpointing_arguments(gc, use_reentrant=False),
-        dataloader_pin_memory=cuda,
-        ddp_backend=None if cuda else ("gloo" if world > 1 else None),
-        ddp_find_unused_parameters=t.pop("ddp_find_unused_parameters", True if world > 1 else None),
-        disable_tqdm=bool(t.pop("disable_tqdm", False)) or not is_main_process(),
-        **t,
-    )
-    return args
+def stage_base(cfg: TrainConfig, index: int, stage_dir: str, model, processor) -> str:
+    """The model directory a ``lora.save: adapter`` stage's adapters go onto: the previous stage's
+    output, the pretrained model, or (a tiny model built in memory) ``<stage>/base``, saved once."""
+    if index > 0:
+        return os.path.join(cfg.output_dir, cfg.stages[index - 1].name, "final")
+    if cfg.model.source == "pretrained":
+        return os.path.abspath(cfg.model.path)
+    base = os.path.join(stage_dir, "base")
+    if is_main_process() and not os.path.isfile(os.path.join(base, "config.json")):
+        tmp = base + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        shutil.rmtree(base, ignore_errors=True)
+        os.replace(tmp, base)
+    barrier()
+    return base
 
 
 def run_stage(cfg: TrainConfig, index: int, callbacks: list | None = None) -> StageResult:
@@ -220,6 +177,8 @@ def run_stage(cfg: TrainConfig, index: int, callbacks: list | None = None) -> St
     os.makedirs(stage_dir, exist_ok=True)
     train_file, image_folder = resolve_data(cfg, stage)
     model, processor = load_stage_model(cfg, index, train_file)
+    lora_save = stage.lora.get("save", "merged") if stage.lora else None
+    base_dir = stage_base(cfg, index, stage_dir, model, processor) if lora_save == "adapter" else None
     spec = cfg.stage_data(stage)
     if spec.max_length is not None and model.config.max_length is not None and spec.max_length > model.config.max_length:
         raise ConfigError(f"stage {stage.name!r}: data.max_length={spec.max_length} is more than the model accepts "
@@ -234,7 +193,10 @@ def run_stage(cfg: TrainConfig, index: int, callbacks: list | None = None) -> St
     processor = HiResVLMProcessor(processor.tokenizer, model.config)
     lrs = set_trainable(model, stage.trainable)
     if stage.lora:
-        lrs.update(apply_lora(model, stage.lora))
+        try:
+            lrs.update(apply_lora(model, stage.lora))
+        except ConfigError as err:
+            raise ConfigError(f"stage {stage.name!r}: {err}") from None
     frozen = [m for m in ("vision_tower", "connector", "language_model")
               if not any(p.requires_grad for p in getattr(model, m).parameters())]
     # The saved config says how the model was made: each stage's trainable prefixes and frozen parts.
@@ -247,45 +209,64 @@ def run_stage(cfg: TrainConfig, index: int, callbacks: list | None = None) -> St
         print(table, flush=True)
     dataset = LlavaDataset(train_file, image_folder, processor, template=model.config.template,
                            max_length=spec.max_length, progress=is_main_process())
-    args = training_arguments(cfg, stage, stage_dir, lrs)
+    evalset = eval_dataset(spec, processor, model.config.template)
+    args = training_arguments(cfg, stage, stage_dir, lrs, has_eval=evalset is not None)
     trainer_cls = _make_trainer_class()
     trainer_cls.module_lrs = lrs
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset,
-                          data_collator=LlavaCollator(processor.tokenizer.pad_token_id, dataset), callbacks=callbacks)
-    ckpt = latest_complete_checkpoint(stage_dir)
-    trainer.load_skips(ckpt)
-    barrier()
-    if ckpt:
-        logger.info("resuming stage %r from %s", stage.name, ckpt)
-        if is_main_process():
-            print(f"resuming stage {stage.name!r} from {ckpt}", flush=True)
-    start = time.time()
-    result = trainer.train(resume_from_checkpoint=ckpt)
-    seconds = time.time() - start
+    if evalset is not None and spec.eval_accuracy:
+        trainer_cls.generation_eval = AnswerAccuracy(evalset, processor, spec.eval_accuracy, args.per_device_eval_batch_size)
+    stage_training = cfg.stage_training(stage)
+    with tensorboard_dir(logging_dir(stage_training, stage_dir)):
+        trainer = trainer_cls(model=model, args=args, train_dataset=dataset, eval_dataset=evalset,
+                              data_collator=LlavaCollator(processor.tokenizer.pad_token_id, dataset), callbacks=callbacks)
+        ckpt = latest_complete_checkpoint(stage_dir)
+        trainer.load_skips(ckpt)
+        barrier()
+        if ckpt:
+            logger.info("resuming stage %r from %s", stage.name, ckpt)
+            if is_main_process():
+                print(f"resuming stage {stage.name!r} from {ckpt}", flush=True)
+        start = time.time()
+        result = trainer.train(resume_from_checkpoint=ckpt)
+        if evalset is not None and args.eval_strategy != "no" and needs_final_eval(trainer.state.log_history,
+                                                                                   trainer.state.global_step):
+            trainer.evaluate()  # the curve ends where training ended
+        seconds = time.time() - start
     history = trainer.state.log_history
     skips = data_skips(dataset, trainer.gathered_skips())
     tmp = f"{final_dir}.tmp"
     if is_main_process() and os.path.isdir(tmp):
         shutil.rmtree(tmp)
     barrier()
-    merge_lora(model)
-    trainer.save_model(tmp)
+    if lora_save == "adapter":
+        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # every rank: a collective under ZeRO-3
+        if is_main_process():
+            save_adapter(model, tmp, base_dir, final_dir, state)
+    else:
+        merge_lora(model)
+        trainer.save_model(tmp)
+    evals = eval_history(history)
     if is_main_process():
         processor.save_pretrained(tmp)
         atomic_write_text(os.path.join(tmp, "training_stage.json"), json.dumps(
             {"stage": stage.name, "trainable": stage.trainable, "method_runtime": stage.method_runtime,
-             "lora": stage.lora, "template": model.config.template, "data_skips": skips}, indent=2))
+             "lora": stage.lora, "template": model.config.template, "data_skips": skips,
+             "training": stage_training, "eval": evals[-1] if evals else None}, indent=2, default=str))
         os.replace(tmp, final_dir)
         atomic_write_text(os.path.join(stage_dir, "log_history.json"), json.dumps(history, indent=2))
+        if evalset is not None:
+            atomic_write_text(os.path.join(stage_dir, "eval_history.json"), json.dumps(evals, indent=2))
         save_loss_plot(history, os.path.join(stage_dir, "loss.png"), f"{stage.name}")
     barrier()
     losses = [h["loss"] for h in history if "loss" in h]
+    eval_losses = [h["eval_loss"] for h in evals if "eval_loss" in h]
     if skips["records_skipped"] and is_main_process():
         print(f"stage {stage.name!r}: {skips['records_skipped']} of {skips['records']} records skipped "
               f"(screened {skips['screened']}, at load {skips['at_load']})", flush=True)
     return StageResult(stage.name, final_dir, train_loss=getattr(result, "training_loss", None),
                        first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
-                       steps=trainer.state.global_step, seconds=seconds, data_skips=skips)
+                       steps=trainer.state.global_step, seconds=seconds, data_skips=skips,
+                       eval_loss=eval_losses[-1] if eval_losses else None)
 
 
 def write_resolved_config(cfg: TrainConfig) -> str:

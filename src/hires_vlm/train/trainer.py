@@ -1,6 +1,7 @@
 """The transformers ``Trainer`` of a stage: per-module learning rates, checkpoints marked complete
-only when whole (incomplete ones set aside, the newest kept), and the count of records that failed
-to load, kept in every checkpoint so a resumed run reports the same numbers.
+only when whole (incomplete ones set aside, the newest kept), the count of records that failed
+to load, kept in every checkpoint so a resumed run reports the same numbers, and answer accuracy
+added to each evaluation when the stage asks for it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def _make_trainer_class():
         """Trainer with per-module learning rates and checkpoints marked complete only when whole."""
 
         module_lrs: dict[str, float] = {}
+        generation_eval = None  # callable(model) -> {metric: value}, added to every evaluation (evaluation.py)
         SKIPS_FILE = "skipped_records.json"
 
         def __init__(self, *args, **kwargs):
@@ -54,6 +56,13 @@ def _make_trainer_class():
         def prediction_step(self, model, inputs, *args, **kwargs):
             inputs.pop("skipped_records", None)
             return super().prediction_step(model, inputs, *args, **kwargs)
+
+        def evaluation_loop(self, *args, **kwargs):
+            output = super().evaluation_loop(*args, **kwargs)
+            if self.generation_eval is not None:  # every rank answers the same records (ZeRO-3 needs all)
+                prefix = kwargs.get("metric_key_prefix", "eval")
+                output.metrics.update({f"{prefix}_{k}": v for k, v in self.generation_eval(self.model).items()})
+            return output
 
         def gathered_skips(self) -> dict[int, str]:
             """The records every rank skipped at load so far (a collective under DDP)."""
