@@ -1,14 +1,17 @@
-"""Stage 5 of the pipeline — model: ``HiResVLM`` (``PreTrainedModel``), its config and processor."""
+"""Stage 5 of the pipeline — model: ``HiResVLM`` (``PreTrainedModel``), its config and processor.
 
-from transformers import AutoConfig, AutoModel
+Importing this package registers them with transformers' Auto classes (``model.auto``); ``import
+hires_vlm`` alone makes that happen once transformers' Auto classes are loaded (``auto_registration``).
+"""
 
+from .auto import register_auto_classes
 from .configuration import HiResVLMConfig
+from .image_processing import HiResVLMImageProcessor
 from .loading import check_model_dir, load_model
 from .modeling import HiResVLM, HiResVLMOutput, HiResVLMPreTrainedModel, MergedInputs
 from .processing import HiResVLMProcessor
 
-AutoConfig.register(HiResVLMConfig.model_type, HiResVLMConfig, exist_ok=True)
-AutoModel.register(HiResVLMConfig, HiResVLM, exist_ok=True)
+register_auto_classes()
 
-__all__ = ["HiResVLM", "HiResVLMConfig", "HiResVLMOutput", "HiResVLMPreTrainedModel", "HiResVLMProcessor",
-           "MergedInputs", "check_model_dir", "load_model"]
+__all__ = ["HiResVLM", "HiResVLMConfig", "HiResVLMImageProcessor", "HiResVLMOutput", "HiResVLMPreTrainedModel",
+           "HiResVLMProcessor", "MergedInputs", "check_model_dir", "load_model"]

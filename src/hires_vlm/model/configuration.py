@@ -68,3 +68,16 @@ class HiResVLMConfig(PreTrainedConfig):
         if self.image_resampler not in {r.value for r in Resampler}:
             raise ValueError(f"image_resampler={self.image_resampler!r} is not valid; choose one of "
                              f"{[r.value for r in Resampler]}")
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' ``save_pretrained`` with an ``auto_map`` and the import shims, for ``trust_remote_code``."""
+        from .auto import CONFIG_AUTO_MAP, write_import_shims
+
+        self.auto_map = {**(getattr(self, "auto_map", None) or {}), **CONFIG_AUTO_MAP}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_import_shims(save_directory)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoConfig"):
+        """Nothing to do: ``save_pretrained`` always writes the ``auto_map`` and the import shims (``model.auto``);
+        transformers' own version would copy this module, which imports the rest of the package relatively."""

@@ -95,12 +95,39 @@ class HiResVLM(HiResVLMPreTrainedModel):
         self._processor: HiResImageProcessor | None = None
         self.post_init()
 
+    # ------------------------------------------------------------------ generation interface
+    @classmethod
+    def can_generate(cls) -> bool:
+        """True: :meth:`generate` has ``GenerationMixin.generate``'s interface (it hands the merged embeddings to
+        the LM's) and returns the new tokens only; pipelines check this before they generate."""
+        return True
+
+    @property
+    def generation_config(self) -> GenerationConfig | None:
+        """The LM's generation config (its stop tokens are the template's): ``generate`` decodes with the LM,
+        so the model has one generation config, not two that could disagree."""
+        lm = self._modules.get("language_model")
+        return lm.generation_config if lm is not None else self.__dict__.get("_generation_config_before_lm")
+
+    @generation_config.setter
+    def generation_config(self, value: GenerationConfig | None) -> None:
+        lm = self._modules.get("language_model")
+        if lm is None:  # PreTrainedModel.__init__ sets one before the LM exists; the LM's replaces it
+            self.__dict__["_generation_config_before_lm"] = value
+        else:
+            lm.generation_config = value
+
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """transformers' ``save_pretrained`` (safetensors) + the LM's generation config (stop tokens)."""
+        """transformers' ``save_pretrained`` (safetensors, the LM's generation config, the config's ``auto_map``
+        and import shims)."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             self.language_model.generation_config.save_pretrained(save_directory)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoModel"):
+        """Nothing to do: ``save_pretrained`` writes the ``auto_map`` and the import shims (see ``model.auto``)."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
