@@ -48,9 +48,10 @@ def test_foundation_recipes_freeze_the_tower_and_follow_the_published_stages():
     # The official scripts: MLP expert, then the resampler expert, then the local compressor, then SFT.
     assert [s["name"] for s in official] == ["stage1a_mlp", "stage1b_resampler", "stage2_local", "sft"]
     assert [s["method_runtime"]["gate_mode"] for s in official[:2]] == ["mlp", "resampler"]
-    assert [s["trainable"] for s in official[:3]] == [{"connector.projector": 1e-3},
-                                                       {"connector.mixture.resampler": 1e-3},
-                                                       {"connector.local_compressor": 1e-3}]
+    a = budget.align_lr
+    assert [s["trainable"] for s in official[:3]] == [{"connector.projector": a},
+                                                       {"connector.mixture.resampler": a},
+                                                       {"connector.local_compressor": a}]
     paper = stages_for(Entry("s", {"preset": "slime"}, recipe="paper"), budget)
     assert [s["method_runtime"]["branches"] for s in paper] == ["global", "local", "both"]
     with pytest.raises(ValueError, match="recipe"):

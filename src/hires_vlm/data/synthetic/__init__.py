@@ -24,16 +24,16 @@ name             what is drawn / asked                                 answers
 ===============  ====================================================  ==========================
 fine_detail      one 12–16 px square filled with a 1-px pattern        plain, horizontal,
                  among distractor discs; "what pattern?"               vertical, checkered
-counting         1–4 small crosses (span 3 or 5 px, 1-px arms);        1, 2, 3, 4 (digits; number
-                 "how many?"                                           words are normalised)
+counting         1–4 plain squares (8–11 % of the short side: still    1, 2, 3, 4 (digits; number
+                 5–12 px at low resolution); "how many?"               words are normalised)
 quadrant         four squares, one per quadrant, one patterned;        top left, top right,
                  "which quadrant?"                                     bottom left, bottom right
-tile_border      a bar of two patterned halves split exactly on a      yes, no
-                 tile border of a typical grid; "same pattern?"
+tile_border      a bar of one 1-px pattern (or none) split exactly on  plain, horizontal,
+                 a tile border of a typical grid; "what pattern?"      vertical, checkered
 global_layout    one big coloured shape; "left or right?" /            left, right /
                  "what colour?" (two question types)                   red, green, blue, yellow
-existence        1–3 squares (plain or patterned); "is there a         yes, no (POPE-style)
-                 <pattern> square?"
+existence        1–3 squares, all plain or one patterned; "is there    yes, no (POPE-style)
+                 a patterned square?"
 ===============  ====================================================  ==========================
 
 Determinism: every image has its own seed, ``[seed, tag, split, crc32(family), index, attempt]``,

@@ -3,7 +3,7 @@
 The text side of the tiny foundation's contrastive pretraining (``hires_vlm.foundation``) and of
 the stage-1 alignment data of the demo's recipes. A caption names only what the view holds: a
 full-resolution ``S``-px crop is described by the objects whose boxes lie inside it (patterned
-squares by their pattern, crosses by their number, the background texture, the big shape by its
+squares by their pattern and number, the background texture, the big shape by its
 colour and kind); the whole image at low resolution (LLaVA-1.5's single view) by what survives
 the reduction — the big shape's colour, kind and side, and how many squares there are, never a
 1-px pattern. Captions are canonical (fixed order, fixed words), so equal content gives equal text.
@@ -34,6 +34,8 @@ def _squares(sample: Sample) -> list[tuple[list[int], str]]:
         return [(b, m["pattern"] if q == sample.answer else "plain") for b, q in zip(m["boxes"], _QUADRANTS)]
     if fam == "existence":
         return list(zip(m["boxes"], m["kinds"]))
+    if fam == "counting":
+        return [(b, "plain") for b in m["boxes"]]
     if fam == "tile_border":
         x0, y0, x1, y1 = m["box"]
         if m["axis"] == "x":  # halves left | right
@@ -64,10 +66,6 @@ def crop_caption(sample: Sample, crop: tuple[int, int, int, int]) -> str:
         for p in sorted(set(squares), key=list(_PATTERN_WORD).index):
             k = squares.count(p)
             parts.append(_count_phrase(k, f"{p} square"))
-    if fam == "counting":
-        k = sum(_inside(b, crop) for b in m["boxes"])
-        if k:
-            parts.append(_count_phrase(k, "cross"))
     if fam == "global_layout" and _inside(m["box"], crop, slack=6):
         parts.append(f"{m['colour']} {m['shape']}")
     return ", ".join(parts) if parts else "nothing"
@@ -78,12 +76,10 @@ def lowres_caption(sample: Sample) -> str:
     fam, m = sample.family, sample.meta
     if fam == "global_layout":
         return f"{m['colour']} {m['shape']} on the {m['side']}"
-    if fam in ("quadrant", "existence"):
+    if fam in ("quadrant", "existence", "counting"):
         return _count_phrase(len(m["boxes"]), "square")
     if fam == "tile_border":
         return "one bar"
-    if fam == "counting":
-        return "small marks"
     return "background and discs"
 
 

@@ -84,21 +84,17 @@ def _fine_detail(rng, w, h, qtype, answer, o: _Opts):
 
 
 def _counting(rng, w, h, qtype, answer, o: _Opts):
+    # 1-4 plain squares of 8-11 % of the short side (14-37 px): still 5-12 px squares in the one
+    # low-resolution view, so counting them is a low-resolution skill (like global_layout) that the
+    # tower's low-resolution captions ("three squares") name. Small grey discs are the distractors.
     cv = _Canvas(rng, w, h)
-    _clutter(cv, rng, int(rng.integers(1, 4)), r_range=(8.0, 16.0))
     boxes = []
     for _ in range(int(answer)):
-        arm = int(rng.integers(1, 3))
-        span = 2 * arm + 1
-        x0, y0 = cv.place(rng, span, span, margin=6, gap=10)
-        lum = float(cv.bg_at(x0 + arm, y0 + arm).mean())
-        grey = rng.uniform(15, 45) if lum > 128 else rng.uniform(210, 240)
-        colour = np.clip(grey + rng.uniform(-10, 10, 3), 0, 255)
-        m = np.zeros((span, span), bool)
-        m[arm, :] = True
-        m[:, arm] = True
-        cv.mask((x0, y0, x0 + span, y0 + span), m, colour)
-        boxes.append([x0, y0, x0 + span, y0 + span])
+        side = max(12, int(round(rng.uniform(0.08, 0.11) * min(w, h))))
+        x0, y0 = cv.place(rng, side, side, margin=6, gap=8)
+        cv.mask((x0, y0, x0 + side, y0 + side), np.ones((side, side), bool), _square_colour(cv, rng, 0.0))
+        boxes.append([x0, y0, x0 + side, y0 + side])
+    _clutter(cv, rng, int(rng.integers(0, 3)), r_range=(3.0, 5.0))
     template = int(rng.integers(0, 2))
     return cv.finish(rng, o.noise_std), template, {}, {"boxes": boxes}
 
@@ -193,14 +189,9 @@ def _tile_border(rng, w, h, qtype, answer, o: _Opts):
     if not lines:
         raise RuntimeError(f"no tile border of a {w}x{h} image leaves room for a bar; use a larger size_range")
     axis, at, cuts = lines[int(rng.integers(0, len(lines)))]
-    first = PATTERNS[int(rng.integers(0, len(PATTERNS)))]
-    if answer == "yes":
-        second = first
-    else:
-        others = [p for p in PATTERNS if p != first]
-        second = others[int(rng.integers(0, len(others)))]
-    # Each half is its own pattern square (own envelope), so "same" and "different" bars differ
-    # only in what the halves are made of; the split lies exactly on the border.
+    first = second = answer
+    # Each half is its own pattern square (own envelope) and the split lies exactly on the border,
+    # so every tile of the cut holds at most half of the bar.
     if axis == "x":  # vertical border: the bar is horizontal, halves left | right
         y0 = int(rng.integers(6, h - half - 6 + 1))
         box = (at - half, y0, at + half, y0 + half)
@@ -258,13 +249,13 @@ def _global_layout(rng, w, h, qtype, answer, o: _Opts):
 
 
 def _existence(rng, w, h, qtype, answer, o: _Opts):
+    # 1-3 squares; "yes": one of them carries a 1-px pattern (any of the three), "no": all plain.
+    # At low resolution every square is plain, so the answer needs full resolution.
     cv = _Canvas(rng, w, h)
-    queried = PATTERNS[int(rng.integers(0, len(PATTERNS)))]
     count = int(rng.integers(1, 4))
-    others = [p for p in PATTERNS if p != queried]
-    kinds = [others[int(rng.integers(0, len(others)))] for _ in range(count)]
+    kinds = ["plain"] * count
     if answer == "yes":
-        kinds[int(rng.integers(0, count))] = queried
+        kinds[int(rng.integers(0, count))] = STRIPED[int(rng.integers(0, len(STRIPED)))]
     boxes = []
     for kind in kinds:
         side, amp = _pattern_params(rng, w, h)
@@ -275,8 +266,7 @@ def _existence(rng, w, h, qtype, answer, o: _Opts):
         boxes.append([x0, y0, x0 + side, y0 + side])
     _clutter(cv, rng, int(rng.integers(1, 4)))
     template = int(rng.integers(0, 2))
-    meta = {"boxes": boxes, "kinds": kinds, "queried": queried}
-    return cv.finish(rng, o.noise_std), template, {"thing": _PATTERN_PHRASE[queried]}, meta
+    return cv.finish(rng, o.noise_std), template, {}, {"boxes": boxes, "kinds": kinds}
 
 
 @dataclass(frozen=True)
@@ -365,9 +355,9 @@ FAMILIES: dict[str, Family] = {
             _fine_detail,
         ),
         Family(
-            "counting", "1-4 small crosses of 3 or 5 px; how many",
+            "counting", "1-4 plain squares (5-12 px at low resolution); how many (answerable at low resolution)",
             {"count": ("1", "2", "3", "4")},
-            {"count": ("How many crosses are there?", "How many small crosses are in the image?")},
+            {"count": ("How many squares are there?", "How many squares are in the image?")},
             _counting,
         ),
         Family(
@@ -377,10 +367,9 @@ FAMILIES: dict[str, Family] = {
             _quadrant,
         ),
         Family(
-            "tile_border", "a bar split on a tile border into two patterned halves; are they the same",
-            {"same": ("yes", "no")},
-            {"same": ("Are the two halves of the bar the same pattern?",
-                      "Do both halves of the bar have the same pattern?")},
+            "tile_border", "a bar of one 1-px pattern (or none) split by a tile border of a typical cut; which pattern",
+            {"pattern": PATTERNS},
+            {"pattern": ("What pattern is the bar?", "Which fine pattern does the bar have?")},
             _tile_border,
         ),
         Family(
@@ -393,11 +382,10 @@ FAMILIES: dict[str, Family] = {
             _global_layout,
         ),
         Family(
-            "existence", "1-3 small squares (plain or patterned); is there one of the asked pattern (POPE-style yes/no)",
+            "existence", "1-3 squares, all plain or one patterned; is there a patterned square (POPE-style yes/no)",
             {"exists": ("yes", "no")},
-            {"exists": ("Is there {thing} in the image?", "Does the image contain {thing}?")},
+            {"exists": ("Is there a patterned square in the image?", "Does the image contain a patterned square?")},
             _existence,
-            fills={"thing": tuple(_PATTERN_PHRASE.values())},
         ),
     ]
 }
