@@ -38,3 +38,35 @@ def write_tiny_dataset(root, n: int = 48, seed: int = 0) -> str:
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_data")
     return write_tiny_dataset(str(root))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is faster, and much faster on a shared, loaded machine
+    (idle OpenMP workers spin). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+SMALL_TINY = {"vision_hidden": 32, "vision_layers": 1, "text_hidden": 64, "text_layers": 1, "vocab_size": 300}
+
+
+@pytest.fixture(scope="session")
+def save_small_tiny(tmp_path_factory):
+    """``save(name, method, seed)``: a small tiny model and its processor saved once into a fresh
+    folder; returns ``(path, model in eval mode, processor)``."""
+    from hires_vlm.tiny import build_tiny
+
+    def save(name: str, method: str = "llava_hd", seed: int = 0):
+        model, proc = build_tiny(method, seed=seed, **SMALL_TINY)
+        path = tmp_path_factory.mktemp(name) / "model"
+        model.save_pretrained(path)
+        proc.save_pretrained(path)
+        return path, model.eval(), proc
+
+    return save

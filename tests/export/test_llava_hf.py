@@ -21,7 +21,13 @@ import torch
 from PIL import Image
 
 from hires_vlm.cli import main
-from hires_vlm.export import REPORT_FILE, ExportRefused, ExportVerificationError, check_exportable, export_model
+from hires_vlm.export import (
+    REPORT_FILE,
+    ExportRefused,
+    ExportVerificationError,
+    check_exportable,
+    export_model,
+)
 from hires_vlm.export.llava_hf import grid_pinpoints
 from hires_vlm.export.verify import compare, probe_image
 from hires_vlm.fsio import OutputExistsError
@@ -65,14 +71,7 @@ def _exported(tmp_path_factory, name, method, verify=True, **kwargs):
                            hf_processor=AutoProcessor.from_pretrained(out))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and much faster on a shared, loaded machine
-    (idle OpenMP workers spin)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,7 @@ from hires_vlm.model import (
     HiResVLMImageProcessor,
     HiResVLMProcessor,
 )
-from hires_vlm.tiny import build_tiny
 
-SMALL = {"vision_hidden": 32, "vision_layers": 1, "text_hidden": 64, "text_layers": 1, "vocab_size": 300}
 PROMPT = "<image>\nWhat colour is it?"
 MESSAGES = """[{{"role": "user", "content": [{{"type": "image", "path": {image!r}}},
                                            {{"type": "text", "text": "\\nWhat colour is it?"}}]}}]"""
@@ -81,13 +79,7 @@ def _image():
     return im
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices: on a shared machine one thread is many times faster than several fighting for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _start(script: str, cwd) -> subprocess.Popen:
@@ -104,16 +96,14 @@ def _result(proc: subprocess.Popen) -> dict:
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    model, proc = build_tiny("llava_hd", seed=1, **SMALL)
-    root = tmp_path_factory.mktemp("hf_auto")
-    path, image = root / "model", root / "im.png"
-    model.save_pretrained(path)
-    proc.save_pretrained(path)
+def saved(save_small_tiny):
+    path, model, proc = save_small_tiny("hf_auto", "llava_hd", 1)
+    root = path.parent
+    image = root / "im.png"
     _image().save(image)
     fresh = {name: _start(script.format(path=str(path), image=str(image)), root)
              for name, script in (("import_first", IMPORT_FIRST), ("trust", TRUST))}
-    yield path, model.eval(), proc, fresh
+    yield path, model, proc, fresh
     for p in fresh.values():
         if p.poll() is None:
             p.kill()

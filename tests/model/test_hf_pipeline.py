@@ -8,28 +8,17 @@ from PIL import Image
 from transformers import pipeline
 
 import hires_vlm  # noqa: F401  (registers the Auto classes)
-from hires_vlm.tiny import build_tiny
 
-SMALL = {"vision_hidden": 32, "vision_layers": 1, "text_hidden": 64, "text_layers": 1, "vocab_size": 300}
 A, B = Image.new("RGB", (250, 160), (200, 30, 30)), Image.new("RGB", (120, 300), (20, 160, 40))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices: on a shared machine one thread is many times faster than several fighting for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    model, proc = build_tiny("llava_hd", seed=3, **SMALL)
-    path = tmp_path_factory.mktemp("hf_pipe") / "model"
-    model.save_pretrained(path)
-    proc.save_pretrained(path)
-    return path, model.eval(), proc, pipeline("image-text-to-text", model=str(path))
+def saved(save_small_tiny):
+    path, model, proc = save_small_tiny("hf_pipe", "llava_hd", 3)
+    return path, model, proc, pipeline("image-text-to-text", model=str(path))
 
 
 def _answer(model, proc, inputs) -> str:

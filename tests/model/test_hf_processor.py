@@ -18,22 +18,12 @@ A, B, C = (Image.new("RGB", (250, 160), (200, 30, 30)), Image.new("RGB", (120, 3
            Image.new("RGB", (112, 112), (10, 10, 230)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices: on a shared machine one thread is many times faster than several fighting for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    model, proc = build_tiny("llava_hd", seed=2, **SMALL)
-    path = tmp_path_factory.mktemp("hf_proc") / "model"
-    model.save_pretrained(path)
-    proc.save_pretrained(path)
-    return path, model.eval(), proc
+def saved(save_small_tiny):
+    return save_small_tiny("hf_proc", "llava_hd", 2)
 
 
 def _same(a, b):

@@ -12,7 +12,7 @@ INF-LLaVA, monkey) are refused with the reason. ``hires-vlm export`` is the same
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 # Exported lazily (PEP 562), so that ``hires-vlm --help`` and ``hires_vlm.export.cli`` do not import
 # torch and transformers; the first use of a name imports its module.
@@ -23,12 +23,4 @@ _EXPORTS = {
 __all__ = ["FORMATS", "REPORT_FILE", "ExportRefused", "ExportVerificationError", "check_exportable", "compare",
            "export_model", "probe_image"]
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -15,7 +15,7 @@ atomically. ``hires-vlm import`` is the same call.
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 # Exported lazily (PEP 562), so that ``hires-vlm --help`` and ``hires_vlm.importers.cli`` do not
 # import torch and transformers; the first use of a name imports its module.
@@ -27,12 +27,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
