@@ -29,6 +29,17 @@ def test_the_shipped_foundation_matches_its_hashes_and_is_small():
     assert os.path.isfile(os.path.join(SHIPPED, "README.md"))  # the model card says what it was trained on
 
 
+def test_the_shipped_foundation_was_built_from_the_current_benchmark():
+    # A new benchmark version needs a rebuild (`hires-vlm foundation build`), or the tower has not
+    # seen the families the demo trains on; the manifest and the model card say which version it saw.
+    from hires_vlm.data.synthetic import VERSION
+
+    f = load_foundation()
+    assert f.manifest["benchmark"] == VERSION
+    with open(os.path.join(SHIPPED, "README.md"), encoding="utf-8") as fh:
+        assert f"`{VERSION}`" in fh.read()
+
+
 def test_an_altered_foundation_is_refused_naming_the_file(tmp_path):
     copy = tmp_path / "f"
     shutil.copytree(SHIPPED, copy)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import fsio
+from ..data.synthetic.drawing import VERSION as BENCHMARK_VERSION
 from .store import FORMAT, LM_FILE, MANIFEST, TOKENIZER_DIR, VISION_FILE, hashed_files
 
 
@@ -253,7 +254,7 @@ with the tower frozen — the regime of both papers (a frozen CLIP, a pretrained
 | vision tower | CLIP ViT, {r['tile_size']} px tiles, {r['patch_size']} px patches, width {r['vision_hidden']}, {r['vision_layers']} layers | {m['vision']['views']} views ({r['crops_per_item']} full-resolution {r['tile_size']} px crops + the low-resolution view of each of {r['items_per_family']} items per family) with {m['vision']['distinct_captions']} distinct procedural captions | CLIP contrastive (multi-positive InfoNCE) against a 2-layer text tower, discarded | {r['vision_steps']} × {r['vision_batch']} |
 | language model | Llama, width {r['text_hidden']}, {r['text_layers']} layers, vocabulary {manifest['sizes']['vocab_size']} (byte-level BPE) | {m['language_model']['conversations']} text conversations (each family's questions with answers; "Describe the image." with captions), no image | causal LM on the answers, chat template | {r['lm_steps']} × {r['lm_batch']} |
 
-Data: the benchmark generator's `foundation` stream (split code 2, seed {r['seed']}), which the
+Data: the `foundation` stream of the benchmark generator `{manifest.get('benchmark', '(version not recorded)')}` (split code 2, seed {r['seed']}), which the
 benchmark's `train` and `test` splits never draw from. Final contrastive loss
 {m['vision']['final_loss']:.3f} (in-batch retrieval accuracy {100 * m['vision']['final_batch_retrieval_accuracy']:.1f} %);
 final LM loss {m['language_model']['final_loss']:.3f}.
@@ -285,7 +286,7 @@ def build_foundation(out_dir: str, recipe: FoundationRecipe | None = None, *, ov
                   os.path.join(tmp, LM_FILE), metadata={"format": "pt"})
         tokenizer.save_pretrained(os.path.join(tmp, TOKENIZER_DIR))
         manifest = {
-            "format": FORMAT, "name": name, "recipe": asdict(recipe),
+            "format": FORMAT, "name": name, "recipe": asdict(recipe), "benchmark": BENCHMARK_VERSION,
             "sizes": {"tile_size": recipe.tile_size, "patch_size": recipe.patch_size,
                       "vision_hidden": recipe.vision_hidden, "vision_layers": recipe.vision_layers,
                       "text_hidden": recipe.text_hidden, "text_layers": recipe.text_layers,

@@ -5,13 +5,13 @@ The package, by part: :mod:`.drawing` (constants of the visual world, pattern fi
 one low-resolution view keeps), :mod:`.scoring` (answers against the records) and :mod:`.writing`
 (the files, into a folder the generator owns).
 
-Six task families of images drawn with numpy (each side 168–336 px, long side at least 2·S =
-224 px, seven aspect ratios from 1:2 to 2:1), each with a short canonical answer, written as
-LLaVA conversation JSON. The point of the set is to separate what a single low-resolution view
+Six task families of images drawn with numpy (long side 2·S = 224 px, short side 112–224 px,
+seven aspect ratios from 1:2 to 2:1), each with a short canonical answer, written as LLaVA
+conversation JSON. The point of the set is to separate what a single low-resolution view
 keeps from what full-resolution tiles keep. The *fine* patterns most families use are 1-px
 stripes and checkerboards: every 2×2 block of every class has the same mean, and the pattern
 fades out (sin²) towards the edges of its 12–16 px square, so LLaVA-1.5's low-resolution path
-(pad to square with the mean colour, antialiased bicubic resize to S = 112, a reduction by 2–3)
+(pad to square with the mean colour, antialiased bicubic resize to S = 112, a reduction by 2)
 turns every class into the same flat square, while a 14-px ViT patch over full-resolution pixels
 sees the stripes. :func:`lowres_separability` proves both by measurement on the benchmark's own
 generator; :func:`lowres_probe` asks how much of any family the whole low-resolution view keeps.
@@ -24,8 +24,8 @@ name             what is drawn / asked                                 answers
 ===============  ====================================================  ==========================
 fine_detail      one 12–16 px square filled with a 1-px pattern        plain, horizontal,
                  among distractor discs; "what pattern?"               vertical, checkered
-counting         1–4 plain squares (8–11 % of the short side: still    1, 2, 3, 4 (digits; number
-                 5–12 px at low resolution); "how many?"               words are normalised)
+counting         1–4 plain squares (12–16 % of the short side: still   1, 2, 3, 4 (digits; number
+                 7–18 px at low resolution); "how many?"               words are normalised)
 quadrant         four squares, one per quadrant, one patterned;        top left, top right,
                  "which quadrant?"                                     bottom left, bottom right
 tile_border      a bar of one 1-px pattern (or none) split exactly on  plain, horizontal,

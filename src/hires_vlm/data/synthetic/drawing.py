@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
-VERSION = "hires-synth-3"  # 2: records carry a caption; captions.json (stage-1 alignment data). 3: counting
-# counts squares, tile_border asks the bar's pattern, existence asks for any patterned square
+VERSION = "hires-synth-4"  # 2: records carry a caption; captions.json (stage-1 alignment data). 3: counting
+# counts squares, tile_border asks the bar's pattern, existence asks for any patterned square. 4: counting's
+# squares are larger (12-16 % of the short side) and have no distractors
 DEFAULT_SIZE_RANGE = (112, 224)  # bounds of each side, px (the long side is at least 2·S = 224)
 # Pattern squares scale with the image: their side is this fraction of the short side. Their stripes
 # are 1 px, so the antialiased low-resolution view erases them at any square size (measured by
