@@ -274,17 +274,26 @@ def time_calls(fn: Callable[[], object], repeats: int, sync: Callable[[], None] 
     return out
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                shuffle_seed: int | None = None) -> dict[str, list[float]]:
     """Time several callables round-robin (A B C A B C …) so that load from other jobs on a shared
-    machine falls on all of them alike; returns the seconds of every call per name."""
+    machine falls on all of them alike; returns the seconds of every call per name. ``shuffle_seed``:
+    each round in its own (seeded) order, so that no callable always follows the same one (a case
+    that frees much memory makes the next one pay the page faults)."""
+    import random
+
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    rng = random.Random(shuffle_seed)
     for _ in range(repeats):
-        for k, fn in fns.items():
+        order = list(fns)
+        if shuffle_seed is not None:
+            rng.shuffle(order)
+        for k in order:
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             times[k].append(time.perf_counter() - t0)
     return times
 

@@ -19,6 +19,10 @@ version string (a backport or a patch release then takes the right branch by its
   methods ``gradient_checkpointing_enable/disable`` to ``activation_checkpointing_enable/disable``;
   the old names still work there with a ``FutureWarning`` (removal announced for v6), 5.20–5.22 know
   only the old ones. :func:`checkpointing_arguments` and :func:`set_activation_checkpointing`.
+* **Hidden-state capture** — transformers 5.x releases with ``utils.output_capturing`` record
+  ``output_hidden_states`` through hooks installed on the layers at the first forward that asks;
+  :func:`install_output_capturing_hooks` installs them on all layers ahead of time (a no-op where
+  the module does not exist, i.e. releases that record hidden states without hooks).
 """
 
 from __future__ import annotations
@@ -85,3 +89,16 @@ def set_activation_checkpointing(model, enabled: bool, **kwargs: Any) -> None:
         model.activation_checkpointing_enable(kwargs or None) if enabled else model.activation_checkpointing_disable()
     else:
         model.gradient_checkpointing_enable(kwargs or None) if enabled else model.gradient_checkpointing_disable()
+
+
+def install_output_capturing_hooks(model) -> None:
+    """Install transformers' hidden-state capturing hooks on every ``PreTrainedModel`` in ``model``."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # a release that records hidden states without hooks
+        return
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            maybe_install_capturing_hooks(module)

@@ -82,8 +82,41 @@ def test_generate_modes_agree(capsys, tmp_path):
     assert "outputs identical across the modes: " in text
 
 
+def test_peer_models_compute_what_ours_compute(capsys, tmp_path):
+    text, data = _run("bench_peer", capsys, tmp_path)
+    assert set(data["results"]) == {"llava", "llava_hd"}
+    for method, r in data["results"].items():
+        assert r["export_self_test"]["passed"], method
+        assert r["prefill"]["ids_equal"] and r["prefill"]["logits_equal"], (method, r["prefill"]["max_abs_dlogits"])
+        assert r["train"]["losses_equal"], (method, r["train"]["first_loss"])
+        # Every training case (ours padded / packed, labelled or all logits; the peer packed) against the peer
+        # padded: float rounding only. A sample attending to another or a shifted label is off by 1e-2 and more.
+        assert max(r["train"]["max_abs_dgrad_vs_peer_padded"].values()) < 1e-5, r["train"]
+        assert r["train"]["packed_attention"] == "hires_sdpa_varlen"
+        assert r["train"]["max_loss_gap"] < 1e-4 and r["train"]["steps"] >= 2  # the same steps, the same losses
+        assert r["generate"]["identical"], (r["generate"]["ours_ids"], r["generate"]["peer_ids"])
+        assert set(data["ratios"][method]) == {"prefill", "train_padded", "train_packed", "train_both_packed",
+                                               "generate"}
+    assert "ratio: llava_hd training step, ours / peer" in text
+
+
+def test_packing_removes_the_padding_and_grouped_batches_stay_pure(capsys, tmp_path):
+    _, data = _run("bench_packing", capsys, tmp_path)
+    smr = data["padding"]["smr"]
+    assert smr["random"]["mixed_batches"] > 0  # 10 % text-only samples: random batches mix them
+    for key, policies in data["padding"].items():
+        for name, stats in policies.items():
+            if name.startswith("ours"):
+                assert stats["mixed_batches"] == 0, (key, name)
+        assert policies["ours modality-length, group 50"]["padded_fraction"] <= policies["random"]["padded_fraction"]
+    assert smr["ours modality-length, group 50"]["padded_fraction"] < smr["random"]["padded_fraction"]
+    for key, cases in data["timing"].items():
+        assert set(cases) == {"random, padded", "random, packed", "grouped, padded", "grouped, packed"}
+        assert len({c["samples"] for c in cases.values()}) == 1  # the same samples in every case
+
+
 @pytest.mark.parametrize("name", ["bench_preprocess", "bench_vision", "bench_prefill", "bench_train",
-                                  "bench_generate"])
+                                  "bench_generate", "bench_peer", "bench_packing"])
 def test_script_starts_as_a_command(name):
     # ``--help`` exits before torch is imported: this covers the entry point and ``_common``'s import.
     proc = subprocess.run([sys.executable, os.path.join(BENCH, f"{name}.py"), "--help"], capture_output=True,

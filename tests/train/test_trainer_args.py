@@ -34,7 +34,8 @@ def test_every_training_arguments_field_is_accepted_and_nothing_else():
     specs = argument_specs()
     assert fields - set(RUNNER_KEYS) <= set(specs)
     assert set(specs) - fields <= {"warmup_ratio", "logging_dir", "gradient_checkpointing", "activation_checkpointing",
-                                   "gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"}
+                                   "gradient_checkpointing_kwargs", "activation_checkpointing_kwargs",
+                                   "packing", "group_by_modality_length", "length_grouping_batches", "feature_cache"}
     cfg = from_dict(_raw({"label_smoothing_factor": 0.1, "dataloader_drop_last": True, "eval_on_start": False,
                           "train_sampling_strategy": "sequential", "optim": "adamw_torch", "report_to": ["none"],
                           "include_num_input_tokens_seen": "all", "torch_empty_cache_steps": None}))

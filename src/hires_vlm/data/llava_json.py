@@ -218,6 +218,15 @@ class LlavaDataset(Dataset):
         raise RuntimeError(f"{self.max_retries + 1} records in a row after position {after_pos} failed to load "
                            f"(skips so far: {dict(self.skipped)}); check {self.source!r} and {self.image_folder!r}")
 
+    def modality_lengths(self, progress: bool = False):
+        """Per sample: LM tokens after image expansion and whether it has an image, from the image files'
+        headers and the text (``data.lengths``; computed once, no image decoded)."""
+        if getattr(self, "_modality_lengths", None) is None:
+            from .lengths import dataset_lengths
+
+            self._modality_lengths = dataset_lengths(self, progress)
+        return self._modality_lengths
+
     def scan(self, progress: bool = True) -> Counter:
         """Try every sample once; return the count of usable samples and of each skip reason."""
         from tqdm.auto import tqdm
@@ -235,14 +244,19 @@ class LlavaDataset(Dataset):
 class LlavaCollator:
     """Right-pads ids (pad token) and labels (−100); concatenates the views of all images.
 
+    ``packing``: the batch also says ``packing=True``, so the model packs the samples into one row
+    after image expansion (``model/packing.py``): the language model sees no padding. The text ids stay
+    padded here — before the expansion they are only looked up in the embedding table.
+
     :class:`SkippedSample` items are dropped and listed under ``skipped_records`` ((record, reason)
     pairs; the trainer removes the key before the forward pass). A batch of nothing but skipped
     samples gets ``dataset.first_usable`` instead, when the collator knows the dataset.
     """
 
-    def __init__(self, pad_token_id: int, dataset: "LlavaDataset | None" = None):
+    def __init__(self, pad_token_id: int, dataset: "LlavaDataset | None" = None, packing: bool = False):
         self.pad_token_id = int(pad_token_id)
         self.dataset = dataset
+        self.packing = bool(packing)
 
     def __call__(self, batch: list) -> dict:
         skipped = [b for b in batch if isinstance(b, SkippedSample)]
@@ -253,6 +267,8 @@ class LlavaCollator:
             after = max(self.dataset.index.index(s.index) for s in skipped)
             batch = [self.dataset.first_usable(after)]
         out = self._pad(batch)
+        if self.packing:
+            out["packing"] = True
         if skipped:
             out["skipped_records"] = [(s.index, s.kind) for s in skipped]
         return out

@@ -9,9 +9,10 @@ from .configuration import HiResVLMConfig
 from .image_processing import HiResVLMImageProcessor
 from .loading import check_model_dir, load_model
 from .modeling import HiResVLM, HiResVLMOutput, HiResVLMPreTrainedModel, MergedInputs
+from .packing import PackingError, enable_packing
 from .processing import HiResVLMProcessor
 
 register_auto_classes()
 
 __all__ = ["HiResVLM", "HiResVLMConfig", "HiResVLMImageProcessor", "HiResVLMOutput", "HiResVLMPreTrainedModel",
-           "HiResVLMProcessor", "MergedInputs", "check_model_dir", "load_model"]
+           "HiResVLMProcessor", "MergedInputs", "PackingError", "check_model_dir", "enable_packing", "load_model"]

@@ -3,8 +3,10 @@
 The text carries one ``<image>`` token per image; the model replaces each by that image's visual
 tokens (their number can depend on the text — SliME's router — so the expansion happens here, as
 in original LLaVA, and not in the processor), masks their labels, and re-pads the batch: right
-padding for training, left padding for generation. ``generate`` hands the merged embeddings to
-the LM's own ``generate`` (KV cache, every decoding strategy of transformers).
+padding for training, left padding for generation — or, with ``packing=True``, no padding at all:
+the merged samples in one row whose attention stays within each sample (``packing.py``).
+``generate`` hands the merged embeddings to the LM's own ``generate`` (KV cache, every decoding
+strategy of transformers).
 
 Shapes: ``input_ids [b x l]``, ``pixel_values [v x c x S x S]`` (all views of all images back to
 back), ``image_sizes [n x 2]`` (width, height) per image in placeholder order.
@@ -29,6 +31,8 @@ from ..methods import Dims, TextContext, VisualMethod, build_method, resolve_met
 from ..text import IGNORE_INDEX
 from ..vision import VisionTower
 from .configuration import HiResVLMConfig
+from .merge import expand_placeholders, pad_rows
+from .packing import PackedSequences, PackingError, check_packable, pack_row
 
 
 @compat.model_output
@@ -42,6 +46,8 @@ class HiResVLMOutput(ModelOutput):
     attention_mask: torch.LongTensor | None = None  # attention mask after image expansion
     visual_tokens: torch.LongTensor | None = None  # visual tokens per image
     visual_aux: dict | None = None  # method observables (gate weights, kept tokens, …)
+    sequence_lengths: list | None = None  # packed forward: tokens of each sample in the one packed row
+    logits_positions: torch.LongTensor | None = None  # labelled_logits_only: the positions ``logits`` holds
 
 
 @dataclass
@@ -52,6 +58,7 @@ class MergedInputs:
     labels: torch.Tensor | None
     visual_tokens: torch.Tensor
     visual_aux: dict
+    packed: PackedSequences | None = None  # set when the samples were packed into one row
 
 
 class HiResVLMPreTrainedModel(PreTrainedModel):
@@ -202,8 +209,10 @@ class HiResVLM(HiResVLMPreTrainedModel):
         return [embeds[b][keep[b]] for b in image_owner]
 
     def merge_inputs(self, input_ids, attention_mask=None, pixel_values=None, image_sizes=None, labels=None,
-                     padding_side: str = "right") -> MergedInputs:
-        """Replace each ``<image>`` token by its visual tokens; re-pad the batch on ``padding_side``."""
+                     padding_side: str = "right", pack: bool = False) -> MergedInputs:
+        """Replace each ``<image>`` token by its visual tokens; re-pad the batch on ``padding_side``, or
+        (``pack``) concatenate the samples into one row ``[1 x T x d]`` with restarting ``position_ids``
+        and ``packed`` set (the attention mask is then all ones)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         image_id = self.config.image_token_id
@@ -239,30 +248,8 @@ class HiResVLM(HiResVLMPreTrainedModel):
             toks = self.encode_images(dummy, [dummy_rec], [text_embeds[0, :1]]).tokens[0]
             text_embeds = text_embeds + 0.0 * toks.sum()
 
-        seqs, labs = [], []
-        k = 0
-        for b in range(input_ids.shape[0]):
-            valid = attention_mask[b].bool()
-            ids_b = input_ids[b][valid]
-            emb_b = text_embeds[b][valid]
-            lab_b = labels[b][valid] if labels is not None else None
-            pos = torch.nonzero(ids_b == image_id).flatten().tolist()
-            parts, lparts, start = [], [], 0
-            for p in pos:
-                parts.append(emb_b[start:p])
-                tok = visual[k].to(emb_b.dtype)
-                parts.append(tok)
-                if lab_b is not None:
-                    lparts.append(lab_b[start:p])
-                    lparts.append(lab_b.new_full((tok.shape[0],), IGNORE_INDEX))
-                start, k = p + 1, k + 1
-            parts.append(emb_b[start:])
-            seqs.append(torch.cat(parts, 0))
-            if lab_b is not None:
-                lparts.append(lab_b[start:])
-                labs.append(torch.cat(lparts, 0))
-
-        lengths = [s.shape[0] for s in seqs]
+        merged = expand_placeholders(text_embeds, input_ids, attention_mask, labels, visual, image_id)
+        lengths = merged.lengths.tolist()
         max_len = max(lengths)
         limit = self.config.max_length
         if limit is not None and max_len > limit:
@@ -270,18 +257,13 @@ class HiResVLM(HiResVLMPreTrainedModel):
                 f"a sequence has {max_len} tokens after image expansion, more than max_length={limit}; "
                 "truncate the text (the data pipeline does this) or raise max_length"
             )
-        bsz, dim = len(seqs), text_embeds.shape[-1]
-        embeds = text_embeds.new_zeros(bsz, max_len, dim)
-        mask = attention_mask.new_zeros(bsz, max_len)
-        out_labels = input_ids.new_full((bsz, max_len), IGNORE_INDEX) if labels is not None else None
-        for b, (s, n) in enumerate(zip(seqs, lengths)):
-            sl = slice(max_len - n, max_len) if padding_side == "left" else slice(0, n)
-            embeds[b, sl] = s
-            mask[b, sl] = 1
-            if out_labels is not None:
-                out_labels[b, sl] = labs[b]
-        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
         vt = torch.tensor([v.shape[0] for v in visual], dtype=torch.long, device=input_ids.device)
+        if pack:
+            packed = pack_row(merged.embeds, merged.labels, lengths)
+            ones = attention_mask.new_ones(packed.position_ids.shape)
+            return MergedInputs(packed.inputs_embeds, ones, packed.position_ids, packed.labels, vt, aux, packed)
+        embeds, mask, out_labels = pad_rows(merged, padding_side, attention_mask)
+        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
         return MergedInputs(embeds, mask, position_ids, out_labels, vt, aux)
 
     # ------------------------------------------------------------------ forward / generate
@@ -295,30 +277,50 @@ class HiResVLM(HiResVLMPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        packing: bool = False,
+        labelled_logits_only: bool = False,
         **kwargs,
     ) -> HiResVLMOutput:
         """The LM's forward over the merged sequence; the KV cache comes in as ``cache`` or
-        ``past_key_values`` (either transformers naming) and goes out under the installed one's."""
+        ``past_key_values`` (either transformers naming) and goes out under the installed one's.
+
+        ``packing``: the merged samples go to the LM as one row without padding (``packing.py``); the
+        logits, labels and mask returned are that row's ``[1 x T …]``, ``sequence_lengths`` its samples'.
+
+        ``labelled_logits_only`` (with labels; what the trainer's training steps ask): the LM head runs only
+        on the positions that predict a label (``logits_positions``, the same for every row), the loss is
+        the LM's own loss function on those — the same value, without the ``[b x L x V]`` logits of
+        image and prompt tokens, which make most of a LLaVA sequence and predict nothing."""
         cache = compat.pop_cache(kwargs)
         merged = None
-        if inputs_embeds is None and input_ids is not None and (
+        if packing:
+            self._check_packed_call(input_ids, inputs_embeds, position_ids, cache, use_cache)
+            use_cache = False  # transformers reads restarting position_ids as packed only without a cache
+        if packing or (inputs_embeds is None and input_ids is not None and (
             (input_ids == self.config.image_token_id).any() or image_sizes is not None or self.training
-        ):
-            merged = self.merge_inputs(input_ids, attention_mask, pixel_values, image_sizes, labels)
+        )):
+            merged = self.merge_inputs(input_ids, attention_mask, pixel_values, image_sizes, labels, pack=packing)
             inputs_embeds, attention_mask, position_ids = merged.inputs_embeds, merged.attention_mask, merged.position_ids
             labels, input_ids = merged.labels, None
-        out = self.language_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            use_cache=use_cache,
-            **compat.cache_kwargs(cache),
-            **kwargs,
-        )
+        lm_mask = attention_mask
+        if merged is not None and merged.packed is not None:
+            lm_mask = None  # restarting position_ids, no mask: transformers' packed-sequence convention
+            kwargs.update(merged.packed.attention_kwargs())
+        lm_kwargs = dict(input_ids=input_ids, attention_mask=lm_mask, position_ids=position_ids,
+                         inputs_embeds=inputs_embeds, use_cache=use_cache, **compat.cache_kwargs(cache))
+        positions = None
+        if labelled_logits_only and labels is not None and self._lm_keeps_logits():
+            targets = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+            positions = torch.nonzero((targets != IGNORE_INDEX).any(0)).flatten()
+            num_items = kwargs.pop("num_items_in_batch", None)
+            out = self.language_model(**lm_kwargs, logits_to_keep=positions, **kwargs)
+            loss = self.language_model.loss_function(logits=out.logits, labels=None, vocab_size=out.logits.shape[-1],
+                                                     shift_labels=targets[:, positions], num_items_in_batch=num_items)
+        else:
+            out = self.language_model(**lm_kwargs, labels=labels, **kwargs)
+            loss = out.loss
         return HiResVLMOutput(
-            loss=out.loss,
+            loss=loss,
             logits=out.logits,
             **compat.cache_kwargs(compat.cache_of(out)),
             hidden_states=getattr(out, "hidden_states", None),
@@ -327,7 +329,26 @@ class HiResVLM(HiResVLMPreTrainedModel):
             attention_mask=attention_mask,
             visual_tokens=merged.visual_tokens if merged is not None else None,
             visual_aux=merged.visual_aux if merged is not None else None,
+            sequence_lengths=merged.packed.lengths if merged is not None and merged.packed is not None else None,
+            logits_positions=positions,
         )
+
+    def _lm_keeps_logits(self) -> bool:
+        """Whether the LM's forward takes ``logits_to_keep`` (every transformers causal LM that generates does)."""
+        import inspect
+
+        return "logits_to_keep" in inspect.signature(self.language_model.forward).parameters
+
+    def _check_packed_call(self, input_ids, inputs_embeds, position_ids, cache, use_cache) -> None:
+        """Refuse, with the reason, a packed forward that could not keep its samples apart."""
+        if input_ids is None or inputs_embeds is not None:
+            raise PackingError("packing=True packs input_ids after image expansion; it cannot pack given inputs_embeds")
+        if position_ids is not None:
+            raise PackingError("packing=True makes the position_ids (restarting per sample); do not pass them")
+        if cache is not None or use_cache:
+            raise PackingError("packing=True is for training and scoring forwards: a KV cache of a packed row mixes "
+                               "its samples. Call with use_cache=False; generate() left-pads instead")
+        check_packable(self.language_model)
 
     @torch.no_grad()
     def generate(self, input_ids=None, attention_mask=None, pixel_values=None, image_sizes=None,

@@ -9,8 +9,15 @@ A training block takes three kinds of key:
   ``eval_strategy``, or ``choices``), against that set;
 * the project's own keys (:data:`PROJECT_KEYS`), which are not, or no longer, fields:
   ``warmup_ratio`` (transformers 5 takes a ratio < 1 in ``warmup_steps``), ``logging_dir`` (the
-  TensorBoard folder, relative to the stage folder; transformers 5 reads it from the environment)
-  and activation checkpointing under either release's name (``compat``);
+  TensorBoard folder, relative to the stage folder; transformers 5 reads it from the environment),
+  activation checkpointing under either release's name (``compat``), ``packing`` (padding-free
+  batches: the samples in one row after image expansion, ``model/packing.py``) and
+  ``group_by_modality_length`` (LLaVA's batches of one modality and similar lengths,
+  ``data/sampling.py``; it replaces ``train_sampling_strategy``, so the two are not combined) with
+  ``length_grouping_batches`` (how many batches are drawn together and sorted by length; null:
+  one optimizer step's, ranks × ``gradient_accumulation_steps``, LLaVA's choice), and
+  ``feature_cache: {dir, max_gb}`` (the frozen tower's features kept on disk, ``vision/feature_cache.py``;
+  ``dir`` relative to ``run.output_dir`` unless absolute, ``max_gb`` its bound, default 10);
 * keys the runner owns (:data:`RUNNER_KEYS`), refused with the reason.
 
 The runner's defaults (:data:`RUNNER_DEFAULTS`) apply where a config is silent.
@@ -57,7 +64,14 @@ PROJECT_KEYS = {
     "logging_dir": frozenset({"str", "none"}),
     **dict.fromkeys(_CHECKPOINTING, frozenset({"bool", "none"})),
     **dict.fromkeys([f"{n}_kwargs" for n in _CHECKPOINTING], frozenset({"dict", "none"})),
+    "packing": frozenset({"bool", "none"}),
+    "group_by_modality_length": frozenset({"bool", "none"}),
+    "length_grouping_batches": frozenset({"int", "none"}),
+    "feature_cache": frozenset({"dict", "none"}),
 }
+#: Project keys the runner reads itself (collator, sampler, tower cache), never handed to ``TrainingArguments``.
+OWN_KEYS = ("packing", "group_by_modality_length", "length_grouping_batches", "feature_cache")
+FEATURE_CACHE_KEYS = {"dir", "max_gb"}
 
 #: transformers 4 names that transformers 5 dropped, with what to write instead.
 RENAMED = {
@@ -210,7 +224,42 @@ def check_training(where: str, d: Any, stage: str | None = None) -> dict:
     ratio = out.get("warmup_ratio")
     if ratio is not None and not 0 <= ratio < 1:
         raise ConfigError(f"{at}{where}.warmup_ratio must be in [0, 1), got {ratio!r}")
+    check_sampling(f"{at}{where}", out, merged=False)
+    if out.get("feature_cache") is not None:
+        out["feature_cache"] = check_feature_cache(f"{at}{where}.feature_cache", out["feature_cache"])
     return out
+
+
+def check_feature_cache(where: str, value: dict) -> dict:
+    """``{dir: folder, max_gb: bound}`` with ``max_gb`` defaulted to 10."""
+    unknown = sorted(set(value) - FEATURE_CACHE_KEYS, key=str)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(FEATURE_CACHE_KEYS)}")
+    folder = value.get("dir")
+    if not isinstance(folder, (str, os.PathLike)) or not str(folder):
+        raise ConfigError(f"{where}.dir must be a folder (relative to run.output_dir, or absolute), got {folder!r}")
+    size = _number(value.get("max_gb", 10))
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0:
+        raise ConfigError(f"{where}.max_gb must be a positive number of gigabytes, got {value.get('max_gb')!r}")
+    return {"dir": str(folder), "max_gb": size}
+
+
+def check_sampling(where: str, training: dict, merged: bool = True) -> None:
+    """``group_by_modality_length`` is a sampling strategy of its own: refuse it next to another one, and
+    ``length_grouping_batches`` without it. ``merged``: ``training`` is a stage's whole view (the run's
+    block and the stage's); a single block may leave the switch to the other."""
+    strategy = training.get("train_sampling_strategy")
+    if training.get("group_by_modality_length") and strategy not in (None, "random"):
+        raise ConfigError(f"{where}: group_by_modality_length draws its own batches (one modality, similar "
+                          f"lengths) and cannot be combined with train_sampling_strategy={strategy!r}; keep one")
+    group = training.get("length_grouping_batches")
+    if group is not None:
+        if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+            raise ConfigError(f"{where}.length_grouping_batches must be a positive number of batches (or null), "
+                              f"got {group!r}")
+        if merged and not training.get("group_by_modality_length"):
+            raise ConfigError(f"{where}: length_grouping_batches={group} sizes the groups of "
+                              "group_by_modality_length, which is off; set group_by_modality_length: true or drop it")
 
 
 def resolve_config_path(path: str, config_file: str | None) -> str:
@@ -261,6 +310,8 @@ def training_arguments(cfg, stage, stage_dir: str, lrs: dict[str, float], has_ev
         t.setdefault("per_device_eval_batch_size", t["per_device_train_batch_size"])
     t.setdefault("seed", cfg.seed)
     t.pop("logging_dir", None)  # see tensorboard_dir
+    for key in OWN_KEYS:  # the runner's: collator, sampler, tower cache
+        t.pop(key, None)
     gc = bool(t.pop("gradient_checkpointing", False))
     gc_kwargs = {"use_reentrant": False, **(t.pop("gradient_checkpointing_kwargs", None) or {})}
     if isinstance(t.get("deepspeed"), str):

@@ -6,7 +6,8 @@ A run is::
     model:    {source: tiny | pretrained, path, method, template, tiny: {sizes}, foundation, image_resampler}
     data:     {train: FILE | synthetic, image_folder, synthetic: {...}, max_length,
                eval: FILE, eval_image_folder, eval_limit, eval_accuracy}
-    training: {defaults for every stage: any transformers.TrainingArguments field (see arguments.py)}
+    training: {defaults for every stage: any transformers.TrainingArguments field (see arguments.py),
+               packing, group_by_modality_length}
     stages:   [{name, template, trainable: {module prefix: lr}, method_runtime: {...}, training: {...},
                 data: {...}, lora: {r, alpha, dropout, target_modules, lr, save}}]
 
@@ -33,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from .arguments import ConfigError, _number, check_training
+from .arguments import ConfigError, _number, check_sampling, check_training
 
 __all__ = ["ConfigError", "DataSpec", "ModelSpec", "StageSpec", "TrainConfig", "apply_override", "from_dict",
            "load_config", "validate"]
@@ -217,6 +218,7 @@ def from_dict(raw: dict, source_file: str | None = None) -> TrainConfig:
     cfg = TrainConfig(output_dir=str(run["output_dir"]), seed=seed, model=mspec, data=dspec,
                       training=dict(training), stages=stages, source_file=source_file)
     for i, stage in enumerate(cfg.stages):
+        check_sampling(f"stage {stage.name!r} (run training + stages[{i}].training)", cfg.stage_training(stage))
         strategy = cfg.stage_training(stage).get("eval_strategy", "no")
         if strategy != "no" and not cfg.stage_data(stage).eval:
             raise ConfigError(f"stage {stage.name!r}: eval_strategy={strategy!r} needs an eval dataset; set data.eval "

@@ -8,6 +8,14 @@ scheduler, RNG and data position — the Trainer's exact resume). Multi-process 
 ``torchrun`` (gloo on CPU, NCCL on GPU); DeepSpeed ZeRO / FSDP through the stage's ``training``
 keys ``deepspeed`` / ``fsdp`` (any ``TrainingArguments`` field goes there: arguments.py).
 
+A stage whose ``training`` says ``packing: true`` trains padding-free: the collator marks its batches
+and the model packs each into one row after image expansion (``model/packing.py``; an LM that
+cannot keep packed samples apart is refused before training starts). ``group_by_modality_length:
+true`` draws LLaVA's batches of one modality and similar lengths (``data/sampling.py``).
+``feature_cache: {dir, max_gb}`` keeps the frozen tower's features on disk, so every view goes through
+the tower once across epochs, stages and reruns (``vision/feature_cache.py``); a stage that trains
+the tower is refused it.
+
 A stage with an eval set (``data.eval``) evaluates during training and writes ``eval_history.json``
 beside ``log_history.json``; ``loss.png`` shows both curves (evaluation.py, plots.py). A LoRA stage
 with ``lora.save: adapter`` writes its adapters, not the merged weights, into ``final/``; the next
@@ -207,18 +215,32 @@ def run_stage(cfg: TrainConfig, index: int, callbacks: list | None = None) -> St
     if is_main_process():
         atomic_write_text(os.path.join(stage_dir, "components.txt"), table + "\n")
         print(table, flush=True)
+    stage_training = cfg.stage_training(stage)
+    packing = bool(stage_training.get("packing"))
+    if packing:
+        from ..model.packing import PackingError, enable_packing
+
+        try:
+            impl = enable_packing(model)
+        except PackingError as err:
+            raise ConfigError(f"stage {stage.name!r}: training.packing: {err}") from None
+        logger.info("stage %r trains packed (language model attention: %s)", stage.name, impl)
+    if stage_training.get("feature_cache"):
+        attach_stage_cache(cfg, stage, model, stage_training["feature_cache"])
     dataset = LlavaDataset(train_file, image_folder, processor, template=model.config.template,
                            max_length=spec.max_length, progress=is_main_process())
     evalset = eval_dataset(spec, processor, model.config.template)
     args = training_arguments(cfg, stage, stage_dir, lrs, has_eval=evalset is not None)
     trainer_cls = _make_trainer_class()
     trainer_cls.module_lrs = lrs
+    trainer_cls.group_by_modality_length = bool(stage_training.get("group_by_modality_length"))
+    trainer_cls.length_grouping_batches = stage_training.get("length_grouping_batches")
     if evalset is not None and spec.eval_accuracy:
         trainer_cls.generation_eval = AnswerAccuracy(evalset, processor, spec.eval_accuracy, args.per_device_eval_batch_size)
-    stage_training = cfg.stage_training(stage)
     with tensorboard_dir(logging_dir(stage_training, stage_dir)):
+        collator = LlavaCollator(processor.tokenizer.pad_token_id, dataset, packing=packing)
         trainer = trainer_cls(model=model, args=args, train_dataset=dataset, eval_dataset=evalset,
-                              data_collator=LlavaCollator(processor.tokenizer.pad_token_id, dataset), callbacks=callbacks)
+                              data_collator=collator, callbacks=callbacks)
         ckpt = latest_complete_checkpoint(stage_dir)
         trainer.load_skips(ckpt)
         barrier()
@@ -267,6 +289,20 @@ def run_stage(cfg: TrainConfig, index: int, callbacks: list | None = None) -> St
                        first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
                        steps=trainer.state.global_step, seconds=seconds, data_skips=skips,
                        eval_loss=eval_losses[-1] if eval_losses else None)
+
+
+def attach_stage_cache(cfg: TrainConfig, stage: StageSpec, model, spec: dict):
+    """The stage's tower feature cache (``training.feature_cache``); refused when the stage trains the tower."""
+    from ..vision import attach_feature_cache
+
+    folder = os.path.join(cfg.output_dir, os.path.expanduser(spec["dir"]))  # an absolute dir stays as it is
+    try:
+        cache = attach_feature_cache(model, folder, int(spec["max_gb"] * 2**30))
+    except ValueError as err:
+        raise ConfigError(f"stage {stage.name!r}: training.feature_cache: {err}") from None
+    logger.info("stage %r reads the frozen tower's features from %s (namespace %s…)", stage.name, folder,
+                cache.namespace[:12])
+    return cache
 
 
 def write_resolved_config(cfg: TrainConfig) -> str:

@@ -1,7 +1,9 @@
 """The transformers ``Trainer`` of a stage: per-module learning rates, checkpoints marked complete
 only when whole (incomplete ones set aside, the newest kept), the count of records that failed
-to load, kept in every checkpoint so a resumed run reports the same numbers, and answer accuracy
-added to each evaluation when the stage asks for it.
+to load, kept in every checkpoint so a resumed run reports the same numbers, answer accuracy
+added to each evaluation when the stage asks for it, and LLaVA's modality-length grouping of the
+training batches when the stage asks for it (``data/sampling.py``). Training steps ask the model for
+the loss alone: the LM head runs only where a label is predicted (``labelled_logits_only``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def _make_trainer_class():
 
         module_lrs: dict[str, float] = {}
         generation_eval = None  # callable(model) -> {metric: value}, added to every evaluation (evaluation.py)
+        group_by_modality_length = False  # batches of one modality and similar lengths (data/sampling.py)
+        length_grouping_batches: int | None = None  # batches sorted together (None: one optimizer step's)
         SKIPS_FILE = "skipped_records.json"
 
         def __init__(self, *args, **kwargs):
@@ -51,6 +55,10 @@ def _make_trainer_class():
         def compute_loss(self, model, inputs, *args, **kwargs):
             for index, kind in inputs.pop("skipped_records", ()):
                 self.skipped_records[int(index)] = kind
+            if model.training and inputs.get("labels") is not None:
+                # A training step reads the loss only: the LM head runs on the labelled positions alone
+                # (HiResVLM.forward; the same loss, without the logits of image and prompt tokens).
+                inputs["labelled_logits_only"] = True
             return super().compute_loss(model, inputs, *args, **kwargs)
 
         def prediction_step(self, model, inputs, *args, **kwargs):
@@ -80,6 +88,48 @@ def _make_trainer_class():
             if path and os.path.isfile(path):
                 with open(path) as f:
                     self.skipped_records.update({int(k): v for k, v in json.load(f).items()})
+
+        def modality_length_sampler(self):
+            """The rank's :class:`ModalityLengthGroupedBatchSampler` over the training set."""
+            from ..data.sampling import ModalityLengthGroupedBatchSampler
+
+            measure = getattr(self.train_dataset, "modality_lengths", None)
+            if measure is None:
+                raise TypeError(f"group_by_modality_length needs a dataset that knows its samples' lengths and "
+                                f"modalities (LlavaDataset); {type(self.train_dataset).__name__} does not")
+            ml = measure(progress=is_main_process())
+            args = self.args
+            seed = args.data_seed if args.data_seed is not None else args.seed
+            step = max(1, args.world_size) * args.gradient_accumulation_steps
+            return ModalityLengthGroupedBatchSampler(
+                ml.lengths, ml.has_image, self._train_batch_size, group=self.length_grouping_batches or step,
+                num_replicas=max(1, args.world_size), rank=args.process_index, seed=seed,
+                drop_last=args.dataloader_drop_last)
+
+        def get_train_dataloader(self):
+            if not self.group_by_modality_length:
+                return super().get_train_dataloader()
+            from functools import partial
+
+            from torch.utils.data import DataLoader
+            from transformers.trainer_utils import seed_worker
+
+            sampler = self.modality_length_sampler()
+            args = self.args
+            params = {"batch_sampler": sampler, "collate_fn": self.data_collator,
+                      "num_workers": args.dataloader_num_workers, "pin_memory": args.dataloader_pin_memory,
+                      "persistent_workers": args.dataloader_persistent_workers,
+                      "multiprocessing_context": args.dataloader_multiprocessing_context,
+                      "prefetch_factor": args.dataloader_prefetch_factor, "in_order": args.dataloader_in_order,
+                      "worker_init_fn": partial(seed_worker, num_workers=args.dataloader_num_workers,
+                                                rank=args.process_index)}
+            loader = self.accelerator.prepare(DataLoader(self.train_dataset, **params))
+            # The sampler already yields this rank's batches; accelerate's shard wrapper must pass them
+            # through (what transformers does for its own rank-aware BatchRebalanceSampler).
+            shard = getattr(loader, "batch_sampler", None)
+            if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
+                shard.num_processes, shard.process_index = 1, 0
+            return loader
 
         def create_optimizer(self, model=None):
             if self.optimizer is not None:

@@ -4,7 +4,8 @@ All views of all images of a batch go through the tower in one batched forward, 
 bound memory (``chunk_size`` views at a time). The output is the chosen hidden layer (default −2,
 as LLaVA) with the CLS token dropped when the tower has one (detected from the sequence length,
 so CLIP drops it and SigLIP, which has none, does not). Frozen by default: a frozen tower runs
-under ``torch.no_grad`` so no activation is kept for it.
+under ``torch.no_grad`` so no activation is kept for it, and may read its features from an on-disk
+cache (``feature_cache``, see ``feature_cache.py``), which it consults only while frozen.
 
 Shapes: ``[v x c x S x S]`` views → ``[v x t x d]`` with t = (S / patch)² tokens.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .. import compat
 
 
 class VisionTower(nn.Module):
@@ -32,6 +35,7 @@ class VisionTower(nn.Module):
         if not -(n_layers + 1) <= self.feature_layer <= n_layers:
             raise ValueError(f"vision_feature_layer {feature_layer} is out of range for a {n_layers}-layer tower")
         self.calls = 0  # number of tower forwards, for tests and benchmarks
+        self.feature_cache = None  # a FeatureCache (feature_cache.py), used while the tower is frozen
 
     @property
     def num_tokens(self) -> int:
@@ -54,6 +58,12 @@ class VisionTower(nn.Module):
                 return enc, layers
         return None, None
 
+    def _install_output_hooks(self) -> None:
+        """Hooks that record hidden states, installed on every layer before a sliced forward
+        (``compat.install_output_capturing_hooks``: installed during one, they would miss the layers
+        left out, and every later full forward would return too few hidden states)."""
+        compat.install_output_capturing_hooks(self.model)
+
     def _encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         n_layers = int(self.model.config.num_hidden_layers)
@@ -62,6 +72,7 @@ class VisionTower(nn.Module):
         if enc is not None and 1 <= k < len(layers):
             # Run only the layers the feature layer needs (LLaVA's −2 skips the last): less compute,
             # fewer stored hidden states. The slice shares the modules; the full list is put back.
+            self._install_output_hooks()
             enc.layers = layers[:k]
             try:
                 out = self.model(pixel_values=pixel_values.to(self.dtype), output_hidden_states=True)
@@ -90,6 +101,12 @@ class VisionTower(nn.Module):
         n = pixel_values.shape[0]
         if n == 0:
             return pixel_values.new_zeros(0, self.num_tokens, self.hidden_size, dtype=self.dtype)
+        if self.feature_cache is not None and self.is_frozen:
+            return self.feature_cache.features(pixel_values, self._encode_all)
+        return self._encode_all(pixel_values)
+
+    def _encode_all(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        n = pixel_values.shape[0]
         chunk = self.chunk_size or n
         grad = torch.is_grad_enabled() and not self.is_frozen
         with torch.set_grad_enabled(grad):
