@@ -66,6 +66,25 @@ problems=$(python -m pip check 2>&1 | grep -v -e '^lmms-eval ' -e '^No broken re
 if [ -n "$problems" ]; then
   echo "== pip check found broken requirements:"; echo "$problems"; exit 1
 fi
+# The web demo's browser test (tests/serve/test_browser.py) drives a Chromium through Playwright, whose own
+# browser download needs more than PyPI: Debian's chromium is used instead, installed here when it is missing
+# and apt-get can (root; HIRES_VLM_NO_BROWSER_INSTALL=1 skips this). With a Chromium present the test must run:
+# HIRES_VLM_REQUIRE_BROWSER=1 makes it fail instead of skip.
+chromium_path() { command -v chromium || command -v chromium-browser || command -v google-chrome \
+  || command -v google-chrome-stable || true; }
+if [ -z "$(chromium_path)" ] && [ -z "${HIRES_VLM_CHROMIUM:-}" ] && [ -z "${HIRES_VLM_NO_BROWSER_INSTALL:-}" ] \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== installing Debian's chromium for the browser test (apt-get)"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >"$tmp/apt.log" 2>&1; then
+    echo "== apt-get could not install chromium; the browser test will skip:"; tail -n 5 "$tmp/apt.log"
+  fi
+fi
+if [ -n "${HIRES_VLM_CHROMIUM:-}$(chromium_path)" ]; then
+  export HIRES_VLM_REQUIRE_BROWSER=1
+  echo "== browser test: ${HIRES_VLM_CHROMIUM:-$(chromium_path)} (required)"
+else
+  echo "== no Chromium and no apt-get as root: the browser test will skip"
+fi
 python - <<'PY'
 import importlib.metadata as md
 names = ["torch", "transformers", "accelerate", "peft", "tokenizers", "huggingface-hub", "safetensors", "lmms-eval"]

@@ -135,6 +135,7 @@ SUBCOMMAND_MODULES = (
     "hires_vlm.theory.cli_group",
     "hires_vlm.foundation.cli",
     "hires_vlm.export.cli",
+    "hires_vlm.serve.cli",
 )
 
 

@@ -98,14 +98,19 @@ def format_text(info: dict) -> str:
     return "\n".join(lines)
 
 
-def save_figure(image, rec: CutRecord, spec: ImagingSpec, info: dict, path: str) -> None:
-    """The image with the tile grid drawn on the canvas, and every view as a thumbnail."""
+def save_figure(image, rec: CutRecord, spec: ImagingSpec, info: dict, path: str, router: dict | None = None) -> None:
+    """The image with the tile grid drawn on the canvas, and every view as a thumbnail.
+
+    ``router`` (SliME): ``{"local_grid": [rows, cols], "kept": [positions]}`` — the local-token raster
+    over the tiles and the positions the router kept; the dropped ones are shaded on the image.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
     import torch
+    from matplotlib.patches import Rectangle
 
     from .imaging import HiResImageProcessor
 
@@ -133,7 +138,18 @@ def save_figure(image, rec: CutRecord, spec: ImagingSpec, info: dict, path: str)
             ax.axhline(y, color="yellow", lw=1)
         ax.set_xlim(-left * sx, (rec.canvas_size[0] - left) * sx)
         ax.set_ylim((rec.canvas_size[1] - top) * sy, -top * sy)
-    ax.set_title(f"{info['method']}: grid {c}x{r}, {info['num_views']} views, {info['visual_tokens']} visual tokens")
+    title = f"{info['method']}: grid {c}x{r}, {info['num_views']} views, {info['visual_tokens']} visual tokens"
+    if router is not None and c:
+        rows_q, cols_q = (int(v) for v in router["local_grid"])
+        kept = set(int(k) for k in router["kept"])
+        cell_w, cell_h = rec.canvas_size[0] / cols_q, rec.canvas_size[1] / rows_q
+        for k in range(rows_q * cols_q):
+            if k not in kept:
+                i, j = divmod(k, cols_q)
+                ax.add_patch(Rectangle(((j * cell_w - left) * sx, (i * cell_h - top) * sy), cell_w * sx, cell_h * sy,
+                                       color="black", alpha=0.45, lw=0))
+        title += f"\nrouter keeps {len(kept)}/{rows_q * cols_q} local tokens (dark: dropped)"
+    ax.set_title(title)
     ax.axis("off")
     for k, (thumb, kind) in enumerate(zip(thumbs, rec.views)):
         a = fig.add_subplot(gs[1 + k // cols, k % cols])
@@ -215,7 +231,7 @@ def run_inspect(image_path: str | None, method: str | None = None, config_file: 
         raise ValueError("with --model, --route runs the saved model's own method; drop --method/--config")
     if route:
         model, proc = routing_model(cfg, geo, model_dir)
-        count, _ = routed_visual_tokens(image, model, proc, prompt or DEFAULT_ROUTE_PROMPT, gamma)
+        count, aux = routed_visual_tokens(image, model, proc, prompt or DEFAULT_ROUTE_PROMPT, gamma)
         mcfg = model.connector.cfg
         info["visual_tokens_after_routing"] = count
         info["router_gamma"] = getattr(mcfg, "gamma", None)
@@ -223,7 +239,10 @@ def run_inspect(image_path: str | None, method: str | None = None, config_file: 
         info["route_model"] = model_dir or (f"random (S={geo.tile_size}, patch {geo.patch_size}, narrow widths, "
                                             "seed 0)")
     if figure:
-        save_figure(image, rec, spec, info, figure)
+        router = None
+        if route and "router_keep" in aux:
+            router = {"local_grid": aux["local_grid"][0], "kept": aux["router_keep"][0].tolist()}
+        save_figure(image, rec, spec, info, figure, router)
         info["figure"] = figure
     text = json.dumps(info) if as_json else format_text(info)
     return text, info

@@ -4,7 +4,7 @@ Pure functions and a processor, no ``nn.Module``. Sizes are (width, height), gri
 """
 
 from .grids import anyres_grid, flip_pairs, floor_grid, select_best_resolution, slime_paper_grid, uhd_grid
-from .ops import ImageLoadError, load_image, to_rgb
+from .ops import ImageLoadError, load_image, load_image_bytes, to_rgb
 from .processor import (
     CLIP_MEAN,
     CLIP_STD,
@@ -21,5 +21,5 @@ from .processor import (
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "Canvas", "CutRecord", "GlobalView", "GridRule", "HiResImageProcessor",
     "ImageBatch", "ImageLoadError", "ImagingSpec", "LowRes", "anyres_grid", "flip_pairs", "floor_grid",
-    "load_image", "select_best_resolution", "slime_paper_grid", "to_rgb", "uhd_grid",
+    "load_image", "load_image_bytes", "select_best_resolution", "slime_paper_grid", "to_rgb", "uhd_grid",
 ]

@@ -11,6 +11,7 @@ size), ``[c x H x W]`` one canvas.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -47,22 +48,33 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ImageLoadError(f"image file not found: {path!r} (check the path and the image folder)")
+    return _decode_checked(path, repr(path), max_pixels)
+
+
+def load_image_bytes(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """:func:`load_image` for an encoded image held in memory (e.g. from a data URL); ``name`` is what
+    the error messages call it. The same limits: the size is read from the header and refused before
+    any pixel is decoded."""
+    return _decode_checked(io.BytesIO(data), name, max_pixels)
+
+
+def _decode_checked(source, name: str, max_pixels: int) -> Image.Image:
     # Other libraries switch Pillow to filling truncated files with grey (lmms-eval's task module sets
     # ImageFile.LOAD_TRUNCATED_IMAGES = True at import); a truncated file is an error here, always.
     truncated_ok, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageLoadError(
-                        f"image {path!r} has {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}; "
+                        f"image {name} has {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}; "
                         "downscale it first or raise max_pixels"
                     )
                 if max(w, h) > MAX_IMAGE_SIDE:
                     raise ImageLoadError(
-                        f"image {path!r} is {w}x{h}: a side longer than {MAX_IMAGE_SIDE} px cannot be decoded in "
+                        f"image {name} is {w}x{h}: a side longer than {MAX_IMAGE_SIDE} px cannot be decoded in "
                         "bounded memory; crop or downscale it first"
                     )
                 img.load()
@@ -70,9 +82,12 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
     except ImageLoadError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(f"cannot read image {path!r}: {exc}; is it an image file Pillow supports?") from exc
+        # Pillow names an in-memory file by its object's repr; say what it means instead
+        detail = ("its bytes are in no image format Pillow reads"
+                  if isinstance(exc, UnidentifiedImageError) and not isinstance(source, str) else exc)
+        raise ImageLoadError(f"cannot read image {name}: {detail}; is it an image file Pillow supports?") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"image {path!r} is corrupt or truncated ({exc}); re-download or remove it") from exc
+        raise ImageLoadError(f"image {name} is corrupt or truncated ({exc}); re-download or remove it") from exc
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
 
