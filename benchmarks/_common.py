@@ -353,6 +353,12 @@ def run_subprocess_case(script: str, case_args: list[str], timeout: float | None
 
 
 # ---------------------------------------------------------------------- README
+def add_output_arguments(parser) -> None:
+    """``--readme`` and ``--json``: what every benchmark script does with its results."""
+    parser.add_argument("--readme", action="store_true", help="update this benchmark's rows in benchmarks/README.md")
+    parser.add_argument("--json", help="also write the results to this file")
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

@@ -72,8 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="timed calls per mode (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU default 1)")
     p.add_argument("--smoke", action="store_true", help="batch 2, 4 new tokens; test suite")
-    p.add_argument("--readme", action="store_true", help="update this benchmark's rows in benchmarks/README.md")
-    p.add_argument("--json", help="also write the results to this file")
+    C.add_output_arguments(p)
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     if args.dtype is None:

@@ -251,8 +251,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--smoke", action="store_true", help="seconds-long: few samples, short SMR lengths; test suite")
-    p.add_argument("--readme", action="store_true", help="update this benchmark's rows in benchmarks/README.md")
-    p.add_argument("--json", help="also write the results to this file")
+    C.add_output_arguments(p)
     args = p.parse_args(argv)
     scale = 1.0
     if args.smoke:

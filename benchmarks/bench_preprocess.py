@@ -243,8 +243,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true", help="print cProfile top-10 of each processor on the batch")
     p.add_argument("--baseline-rev", help="also time our processor (pillow) as of this git revision (before/after)")
     p.add_argument("--smoke", action="store_true", help="two small sizes, 2 repeats (test suite)")
-    p.add_argument("--readme", action="store_true", help="update this benchmark's rows in benchmarks/README.md")
-    p.add_argument("--json", help="also write the results to this file")
+    C.add_output_arguments(p)
     args = p.parse_args(argv)
     if args.smoke:
         args.sizes, args.repeats = args.sizes or SMOKE_SIZES, min(args.repeats, 2)

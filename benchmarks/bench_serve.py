@@ -277,8 +277,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads of each server (CPU default 1)")
     p.add_argument("--no-breakdown", action="store_true", help="skip the in-process engine breakdown (tiny model)")
     p.add_argument("--smoke", action="store_true", help="a small model, concurrency 1 and 4, a few requests")
-    p.add_argument("--readme", action="store_true", help="update this benchmark's rows in benchmarks/README.md")
-    p.add_argument("--json", help="also write the results to this file")
+    C.add_output_arguments(p)
     args = p.parse_args(argv)
     if args.smoke:
         args.concurrency, args.requests, args.repeats, args.max_tokens = [1, 4], 3, 1, 4

@@ -70,3 +70,20 @@ def save_small_tiny(tmp_path_factory):
         return path, model.eval(), proc
 
     return save
+
+
+@pytest.fixture
+def assert_same_final_weights():
+    """``check(dir_a, dir_b, atol)``: the ``final/model.safetensors`` under two run directories hold the
+    same tensors (to ``atol``) — e.g. an interrupted and resumed stage against an uninterrupted one."""
+    import torch
+    from safetensors.torch import load_file
+
+    def check(dir_a, dir_b, atol: float = 1e-6) -> None:
+        wa = load_file(os.path.join(str(dir_a), "final", "model.safetensors"))
+        wb = load_file(os.path.join(str(dir_b), "final", "model.safetensors"))
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert torch.allclose(wa[k], wb[k], atol=atol), k
+
+    return check

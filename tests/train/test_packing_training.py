@@ -161,9 +161,8 @@ def test_a_packed_stage_trains_and_evaluates_with_the_losses_of_a_padded_one(tmp
 
 
 @pytest.mark.slow
-def test_a_grouped_packed_stage_resumes_exactly(tmp_path, mixed):
+def test_a_grouped_packed_stage_resumes_exactly(tmp_path, mixed, assert_same_final_weights):
     """An interrupted stage with both switches on resumes with the batches it would have drawn (≈15 s)."""
-    from safetensors.torch import load_file
     from transformers import TrainerCallback
 
     class StopAt(TrainerCallback):
@@ -183,11 +182,7 @@ def test_a_grouped_packed_stage_resumes_exactly(tmp_path, mixed):
 
     shutil.rmtree(tmp_path / "b" / "pretrain" / "final")  # "killed" after step 4's checkpoint
     run_training(b, stages=["pretrain"])
-    wa = load_file(str(tmp_path / "a" / "pretrain" / "final" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "b" / "pretrain" / "final" / "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+    assert_same_final_weights(tmp_path / "a" / "pretrain", tmp_path / "b" / "pretrain")
 
 
 def test_a_stage_whose_language_model_cannot_pack_is_refused_before_training(tmp_path, tiny_data, monkeypatch):

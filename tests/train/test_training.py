@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import hires_vlm
@@ -59,7 +58,7 @@ class _StopAt(TrainerCallback):
 
 
 @pytest.mark.slow
-def test_interrupted_stage_resumes_exactly(tmp_path, tiny_data):
+def test_interrupted_stage_resumes_exactly(tmp_path, tiny_data, assert_same_final_weights):
     common = ["stages.0.training.max_steps=6", "training.save_steps=3", "training.logging_steps=1"]
     a = _cfg(tmp_path / "a", tiny_data, *common)
     run_training(a, stages=["pretrain"])
@@ -70,11 +69,7 @@ def test_interrupted_stage_resumes_exactly(tmp_path, tiny_data):
     shutil.rmtree(tmp_path / "b" / "pretrain" / "final")  # the interrupted run must not count as finished
     assert latest_complete_checkpoint(str(tmp_path / "b" / "pretrain")).endswith("checkpoint-4")
     run_training(b, stages=["pretrain"])
-    wa = load_file(str(tmp_path / "a" / "pretrain" / "final" / "model.safetensors"))
-    wb = load_file(str(tmp_path / "b" / "pretrain" / "final" / "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+    assert_same_final_weights(tmp_path / "a" / "pretrain", tmp_path / "b" / "pretrain")
     la = [h["loss"] for h in json.loads((tmp_path / "a" / "pretrain" / "log_history.json").read_text()) if "loss" in h]
     lb = [h["loss"] for h in json.loads((tmp_path / "b" / "pretrain" / "log_history.json").read_text()) if "loss" in h]
     assert la[-2:] == pytest.approx(lb[-2:], rel=1e-5)
