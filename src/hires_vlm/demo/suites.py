@@ -42,7 +42,7 @@ class Budget:
 
 BUDGETS = {
     "default": Budget(train_per_family=500, test_per_family=100, steps=600),
-    "quick": Budget(train_per_family=120, test_per_family=20, steps=90),
+    "quick": Budget(train_per_family=120, test_per_family=40, steps=180),
 }
 REGIMES = ("foundation", "scratch")
 
