@@ -15,6 +15,8 @@ back), ``image_sizes [n x 2]`` (width, height) per image in placeholder order.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -334,10 +336,9 @@ class HiResVLM(HiResVLMPreTrainedModel):
         )
 
     def _lm_keeps_logits(self) -> bool:
-        """Whether the LM's forward takes ``logits_to_keep`` (every transformers causal LM that generates does)."""
-        import inspect
-
-        return "logits_to_keep" in inspect.signature(self.language_model.forward).parameters
+        """Whether the LM's forward takes ``logits_to_keep`` (every transformers causal LM that generates does);
+        read once per LM class, not at every training step."""
+        return _takes_logits_to_keep(type(self.language_model))
 
     def _check_packed_call(self, input_ids, inputs_embeds, position_ids, cache, use_cache) -> None:
         """Refuse, with the reason, a packed forward that could not keep its samples apart."""
@@ -371,3 +372,8 @@ class HiResVLM(HiResVLMPreTrainedModel):
             inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs
         )
         return (out, merged) if return_visual_aux else out
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_logits_to_keep(lm_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(lm_class.forward).parameters
