@@ -192,3 +192,49 @@ def test_several_seeds_give_means_and_spreads(tmp_path):
     saved = json.load(open(res.files["json"]))
     assert saved["seeds"] == [0, 1] and len(saved["rows"][0]["extra"]["per_seed"]) == 2
     assert "±" in res.table
+
+
+@pytest.mark.slow
+def test_demo_feature_cache_trains_the_same_models_and_keeps_their_recipe(tmp_path, capsys,
+                                                                          assert_same_final_weights):
+    """``--feature-cache``: every frozen-tower stage reads the tower's features from one shared folder;
+    the trained weights equal those of a run without it, and the recipe key (hence reuse) ignores it."""
+    kw = dict(quick=True, only=["llava", "llava_hd"], progress=False, figures=False, steps=4,
+              train_per_family=4, test_per_family=1)
+    plain = run_demo("main", out_dir=str(tmp_path / "plain"), **kw)
+    cache = tmp_path / "cache"
+    cached = run_demo("main", out_dir=str(tmp_path / "cached"), feature_cache=str(cache), **kw)
+    assert list(cache.rglob("*.safetensors")), "nothing was written to the cache"
+    for name in ("llava", "llava_hd"):
+        for stage in ("align", "sft"):
+            assert_same_final_weights(tmp_path / "plain" / "models" / name / stage,
+                                      tmp_path / "cached" / "models" / name / stage, atol=1e-6)
+        key = json.loads((tmp_path / "cached" / "models" / name / "recipe.json").read_text())["key"]
+        assert "feature_cache" not in key["config"]["training"]
+    assert [r.accuracy for r in plain.rows] == [r.accuracy for r in cached.rows]
+    capsys.readouterr()
+    again = run_demo("main", out_dir=str(tmp_path / "plain"), feature_cache=str(cache), **kw)  # reused as it is
+    assert "another recipe" not in capsys.readouterr().out
+    assert [r.train_seconds for r in again.rows] == [r.train_seconds for r in plain.rows]
+
+
+def test_demo_feature_cache_is_refused_from_scratch(tmp_path):
+    with pytest.raises(ValueError, match="frozen tower"):
+        run_demo("main", out_dir=str(tmp_path), regime="scratch", feature_cache=str(tmp_path / "c"),
+                 only=["llava"], progress=False, figures=False)
+
+
+@pytest.mark.slow
+def test_strategies_suite_counts_the_tokens_each_strategy_keeps(tmp_path):
+    """The strategies suite (issue 19): OneVision and InternVL train like any method; FastV and VisionZip
+    are evaluated on the trained llava_hd, and the table shows the tokens they keep."""
+    only = ["llava_hd + FastV 50 %", "llava_hd + VisionZip 25 %", "onevision", "internvl"]
+    res = run_demo("strategies", out_dir=str(tmp_path), only=only, steps=2, train_per_family=2, test_per_family=2,
+                   progress=False, figures=False)
+    rows = {r.name: r for r in res.rows}
+    assert set(rows) == {"llava_hd", *only}
+    hd = rows["llava_hd"].visual_tokens
+    assert rows["llava_hd + FastV 50 %"].visual_tokens == pytest.approx(hd / 2, abs=1.0)  # ceil per image
+    assert rows["llava_hd + VisionZip 25 %"].visual_tokens < hd / 2
+    assert rows["internvl"].visual_tokens < hd  # pixel shuffle: 4x fewer per tile
+    assert all(r.overall is not None for r in res.rows)

@@ -37,7 +37,10 @@ def _generate(args) -> int:
     from .model import load_model
 
     images = [load_image(p) for p in args.image] if args.image else [None]  # bad input fails before the load
+    reduction = _token_reduction(args)
     model, processor = load_model(args.model, args.device)
+    if reduction:
+        model.set_token_reduction(**reduction)
     device = model.device
     prompts = [args.prompt] * len(images)
     inputs = {k: v.to(device) for k, v in processor(prompts, images).items()}
@@ -59,9 +62,31 @@ def _inspect(args) -> int:
         raise ValueError("give an IMAGE file or --size WIDTHxHEIGHT (one of the two)")
     text, _ = run_inspect(args.image, size=args.size, method=args.method, config_file=args.config, model_dir=args.model,
                           tile_size=args.tile_size, patch_size=args.patch_size, as_json=args.json,
-                          figure=args.save_figure, route=args.route, prompt=args.prompt, gamma=args.gamma)
+                          figure=args.save_figure, route=args.route, prompt=args.prompt, gamma=args.gamma,
+                          token_reduction=_token_reduction(args))
     print(text)
     return 0
+
+
+def _token_reduction(args) -> dict:
+    """``--fastv-keep`` / ``--fastv-layer`` / ``--visionzip-keep`` as ``token_reduction`` changes (validated)."""
+    from .model.reduction import resolve_token_reduction
+
+    out = {k: v for k, v in (("fastv_keep", args.fastv_keep), ("fastv_layer", args.fastv_layer),
+                             ("visionzip_keep", args.visionzip_keep)) if v is not None}
+    resolve_token_reduction(out)
+    return out
+
+
+def _add_reduction_flags(p) -> None:
+    p.add_argument("--fastv-keep", type=float, metavar="F",
+                   help="FastV: keep this fraction (0 < F ≤ 1) of each image's visual tokens from LM layer K on, "
+                        "those the last prompt token attends to most (default: off)")
+    p.add_argument("--fastv-layer", type=int, metavar="K",
+                   help="FastV's K (default 2; the tiny LM has 2 layers: use 1)")
+    p.add_argument("--visionzip-keep", type=float, metavar="F",
+                   help="VisionZip: keep this fraction of each view's tokens, chosen by the tower's attention "
+                        "(llava and llava_hd only; default: off)")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -100,13 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    _add_reduction_flags(p)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("inspect", help="show how a method cuts an image and how many visual tokens it gets")
     p.add_argument("image", nargs="?", help="image file (or give --size)")
     p.add_argument("--size", type=_size, metavar="WxH", help="an image size instead of a file, e.g. 1920x1080 "
                                                            "(the cut depends only on the size)")
-    p.add_argument("--method", help="method preset (llava, llava_hd, monkey, slime, slime-paper, inf_llava, …)")
+    p.add_argument("--method", help="method preset (llava, llava_hd, monkey, slime, slime-paper, inf_llava, "
+                                      "onevision, internvl, …)")
     p.add_argument("--config", help="method YAML, or a training config (its model.method is used)")
     p.add_argument("--model", help="a saved model directory: its method and tower geometry")
     p.add_argument("--tile-size", type=int, help="tower input size S (default 336, CLIP-L/14-336)")
@@ -118,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "in eval mode: --model DIR, else a small random one at the tower geometry")
     p.add_argument("--prompt", help="the text the router compares the image with (with --route)")
     p.add_argument("--gamma", type=float, help="the router's cumulative mass γ (with --route; default: the method's)")
+    _add_reduction_flags(p)
     p.set_defaults(func=_inspect)
 
     _optional_commands(sub)

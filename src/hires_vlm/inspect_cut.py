@@ -76,6 +76,9 @@ def describe(image_size: tuple[int, int], cfg: MethodConfig, geo: Geometry) -> t
         "visual_tokens": cfg.max_visual_tokens(rec, geo.grid),
         "method_config": cfg.to_dict(),
     }
+    layout = cfg.token_layout(rec, geo.grid)
+    if layout:
+        info["token_layout"] = layout
     return info, rec, spec
 
 
@@ -91,10 +94,19 @@ def format_text(info: dict) -> str:
         f"visual tokens  {info['visual_tokens']}" + (" (upper bound before routing)" if "visual_tokens_after_routing" in info
                                                      or info["method"] == "slime" else ""),
     ]
+    if "token_layout" in info:
+        lines.append("token layout   " + ", ".join(f"{k} {v}" for k, v in info["token_layout"].items()))
     if "visual_tokens_after_routing" in info:
         gamma = info.get("router_gamma")
         lines.append(f"after routing  {info['visual_tokens_after_routing']}"
                      + (f" (γ = {gamma})" if gamma is not None else " (this method has no router)"))
+    if "visual_tokens_after_reduction" in info:
+        red = info["token_reduction"]
+        if "visionzip_visual_tokens" in info:
+            lines.append(f"VisionZip      {info['visionzip_visual_tokens']} (keep {red['visionzip_keep']} per view)")
+        if "fastv_visual_tokens" in info:
+            lines.append(f"FastV          {info['fastv_visual_tokens']} kept from LM layer {red['fastv_layer']} on "
+                         f"(keep {red['fastv_keep']}; which ones depends on the prompt)")
     return "\n".join(lines)
 
 
@@ -202,8 +214,11 @@ def run_inspect(image_path: str | None, method: str | None = None, config_file: 
                 model_dir: str | None = None, tile_size: int | None = None, patch_size: int | None = None,
                 as_json: bool = False, figure: str | None = None, route: bool = False,
                 prompt: str | None = None, gamma: float | None = None,
-                size: tuple[int, int] | None = None) -> tuple[str, dict]:
-    """Describe the cut of ``image_path`` (or of an image of ``size`` = (width, height), no file needed)."""
+                size: tuple[int, int] | None = None, token_reduction: dict | None = None) -> tuple[str, dict]:
+    """Describe the cut of ``image_path`` (or of an image of ``size`` = (width, height), no file needed).
+
+    ``token_reduction`` (e.g. ``{"visionzip_keep": 0.25}``, ``{"fastv_keep": 0.5}``): also report the visual
+    tokens after VisionZip (exact, from the geometry) and the count FastV keeps from layer K on."""
     from .imaging import load_image
 
     if size is not None and (figure or route):
@@ -238,6 +253,11 @@ def run_inspect(image_path: str | None, method: str | None = None, config_file: 
         info["route_prompt"] = prompt or DEFAULT_ROUTE_PROMPT
         info["route_model"] = model_dir or (f"random (S={geo.tile_size}, patch {geo.patch_size}, narrow widths, "
                                             "seed 0)")
+    if token_reduction:
+        from .model.reduction import reduction_report, resolve_token_reduction
+
+        count = info.get("visual_tokens_after_routing", info["visual_tokens"])
+        info.update(reduction_report(info, resolve_token_reduction(token_reduction), rec.num_views, geo.grid, count))
     if figure:
         router = None
         if route and "router_keep" in aux:

@@ -71,15 +71,23 @@ class DemoResult:
 def run_demo(suite: str = "main", *, quick: bool = False, out_dir: str | None = None, seed: int = 0,
              seeds: int = 1, only: Sequence[str] | None = None, steps: int | None = None,
              train_per_family: int | None = None, test_per_family: int | None = None, progress: bool = True,
-             figures: bool = True, regime: str | None = None, foundation: str = "shipped") -> DemoResult:
+             figures: bool = True, regime: str | None = None, foundation: str = "shipped",
+             feature_cache: str | None = None, feature_cache_gb: float = 8.0) -> DemoResult:
     """Run a suite for ``seeds`` seeds (``seed``, ``seed + 1``, …; each its own benchmark draw and
     initialisation). One seed writes into ``out_dir``; several into ``out_dir/seed-<k>`` and the
-    table of means ± standard deviations into ``out_dir``. The claims table compares the rows."""
+    table of means ± standard deviations into ``out_dir``. The claims table compares the rows.
+
+    ``feature_cache``: a folder where the frozen tower's features of every training view are kept
+    (``vision/feature_cache.py``, bounded by ``feature_cache_gb``), shared by every stage and every
+    model whose views and tower are the same; the foundation regime only (scratch trains the tower).
+    It changes no result — a hit is the tower's output bit for bit — so it is not part of a model's
+    recipe key."""
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
     out_dir = out_dir or os.path.join("runs", "demo-quick" if quick else "demo")
     kw = dict(quick=quick, only=only, steps=steps, train_per_family=train_per_family,
-              test_per_family=test_per_family, progress=progress, regime=regime, foundation=foundation)
+              test_per_family=test_per_family, progress=progress, regime=regime, foundation=foundation,
+              feature_cache=feature_cache, feature_cache_gb=feature_cache_gb)
     if seeds == 1:
         res = _run_seed(suite, out_dir=out_dir, seed=seed, figures=figures, **kw)
         per_seed = [res]
@@ -145,7 +153,8 @@ def _aggregate(suite: str, per_seed: list[DemoResult], out_dir: str, figures: bo
 
 def _run_seed(suite: str, *, quick: bool, out_dir: str, seed: int, only: Sequence[str] | None, steps: int | None,
               train_per_family: int | None, test_per_family: int | None, progress: bool, figures: bool,
-              regime: str | None, foundation: str) -> DemoResult:
+              regime: str | None, foundation: str, feature_cache: str | None = None,
+              feature_cache_gb: float = 8.0) -> DemoResult:
     import torch
 
     from ..data.synthetic import FAMILIES, generate_benchmark
@@ -167,6 +176,10 @@ def _run_seed(suite: str, *, quick: bool, out_dir: str, seed: int, only: Sequenc
         from ..foundation import load_foundation
 
         load_foundation(foundation)  # a missing or altered foundation stops here, before any work
+    elif feature_cache:
+        raise ValueError("--feature-cache needs a frozen tower: the scratch regime trains it; drop one of the two")
+    if feature_cache is not None and not feature_cache_gb > 0:
+        raise ValueError(f"--feature-cache-gb must be positive, got {feature_cache_gb!r}")
     os.makedirs(out_dir, exist_ok=True)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     entries = SUITES[suite]
@@ -202,7 +215,9 @@ def _run_seed(suite: str, *, quick: bool, out_dir: str, seed: int, only: Sequenc
             continue
         print(f"  · {e.name} ({e.recipe})", flush=True)
         trained[e.name] = train_entry(e, budget, data_dir, os.path.join(out_dir, "models", _slug(e.name)), seed,
-                                      progress, foundation=foundation)
+                                      progress, foundation=foundation,
+                                      feature_cache=feature_cache and {"dir": os.path.abspath(feature_cache),
+                                                                       "max_gb": float(feature_cache_gb)})
 
     print(f"[3/3] evaluating on {len(test_records)} held-out images", flush=True)
     rows: list[Row] = []
@@ -210,7 +225,8 @@ def _run_seed(suite: str, *, quick: bool, out_dir: str, seed: int, only: Sequenc
     router: dict = {}
     for e in entries:
         model_dir, seconds = trained[e.train_as or e.name]
-        ev = evaluate_entry(model_dir, data_dir, budget, e.eval_runtime, progress, keep_aux_for=gallery_ids)
+        ev = evaluate_entry(model_dir, data_dir, budget, e.eval_runtime, progress, keep_aux_for=gallery_ids,
+                            reduction=e.eval_reduction)
         fams = ev["scores"]["families"]
         pope = ev["scores"]["pope"].get("existence")
         row = Row(
@@ -273,6 +289,10 @@ def add_parser(sub) -> None:
                    help="foundation (default): the shipped pretrained tower (frozen) and LM, the published "
                         "stages; scratch: random weights, everything trains")
     p.add_argument("--foundation", default="shipped", help="a foundation directory (default: the shipped one)")
+    p.add_argument("--feature-cache", metavar="DIR",
+                   help="keep the frozen tower's features of the training views in DIR (safetensors, shared by "
+                        "every stage and model with the same views); results are unchanged")
+    p.add_argument("--feature-cache-gb", type=float, default=8.0, help="bound of --feature-cache (default 8)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run)
 
@@ -285,7 +305,8 @@ def _run(args) -> int:
     res = run_demo(args.suite, quick=args.quick, out_dir=args.out, seed=args.seed, seeds=args.seeds,
                    only=args.only, steps=args.steps,
                    train_per_family=args.train_per_family, test_per_family=args.test_per_family,
-                   progress=not args.no_progress, regime=args.regime, foundation=args.foundation)
+                   progress=not args.no_progress, regime=args.regime, foundation=args.foundation,
+                   feature_cache=args.feature_cache, feature_cache_gb=args.feature_cache_gb)
     print()
     print(res.table)
     print()

@@ -23,6 +23,8 @@ def recipe_key(raw: dict, data_dir: str) -> dict:
     with open(os.path.join(data_dir, "benchmark.json"), encoding="utf-8") as f:
         data = json.load(f)["params"]
     config = {k: v for k, v in raw.items() if k != "run"}
+    if "feature_cache" in config.get("training", {}):  # where features are kept changes no result
+        config["training"] = {k: v for k, v in config["training"].items() if k != "feature_cache"}
     key = {"config": config, "seed": raw["run"]["seed"], "benchmark": data}
     if raw["model"].get("foundation"):
         from ..foundation import load_foundation
@@ -60,8 +62,10 @@ def _claim_model_dir(out_dir: str, recipe: dict) -> None:
 
 
 def train_entry(entry: Entry, budget: Budget, data_dir: str, out_dir: str, seed: int, progress: bool,
-                foundation: str = "shipped") -> tuple[str, float]:
+                foundation: str = "shipped", feature_cache: dict | None = None) -> tuple[str, float]:
     """Train one entry (or reuse a finished run of the same recipe); returns (final model dir, seconds).
+
+    ``feature_cache``: ``{dir, max_gb}`` of the frozen tower's feature cache (``training.feature_cache``).
 
     A run killed in the middle resumes from its last checkpoint (every quarter of a stage)."""
     from ..train.config import from_dict
@@ -84,6 +88,8 @@ def train_entry(entry: Entry, budget: Budget, data_dir: str, out_dir: str, seed:
         },
         "stages": stages,
     }
+    if feature_cache:
+        raw["training"]["feature_cache"] = dict(feature_cache)  # type: ignore[index]
     _claim_model_dir(out_dir, recipe_key(raw, data_dir))
     if not progress:
         raw["training"]["disable_tqdm"] = True  # type: ignore[index]
@@ -101,8 +107,11 @@ def train_entry(entry: Entry, budget: Budget, data_dir: str, out_dir: str, seed:
 
 # ---------------------------------------------------------------------------------------- evaluation
 def evaluate_entry(model_dir: str, data_dir: str, budget: Budget, runtime: dict, progress: bool,
-                   keep_aux_for: Sequence[str] = ()) -> dict:
-    """Greedy answers on the test split; accuracy, visual tokens, images/s, router overlays."""
+                   keep_aux_for: Sequence[str] = (), reduction: dict | None = None) -> dict:
+    """Greedy answers on the test split; accuracy, visual tokens, images/s, router overlays.
+
+    ``runtime``: run-time method fields; ``reduction``: training-free token reduction (FastV,
+    VisionZip). Visual tokens are those the LM's later layers see (after FastV's pruning)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -113,6 +122,8 @@ def evaluate_entry(model_dir: str, data_dir: str, budget: Budget, runtime: dict,
     model = HiResVLM.from_pretrained(model_dir).eval()
     if runtime:
         model.set_method_runtime(**runtime)
+    if reduction:
+        model.set_token_reduction(**reduction)
     processor = HiResVLMProcessor(HiResVLMProcessor.from_pretrained(model_dir).tokenizer, model.config)
     with open(os.path.join(data_dir, "test.json")) as f:
         records = json.load(f)
@@ -136,9 +147,9 @@ def evaluate_entry(model_dir: str, data_dir: str, budget: Budget, runtime: dict,
         elapsed += time.perf_counter() - t0
         for r, text in zip(chunk, processor.batch_decode(out)):
             preds[r["id"]] = text
-        tokens += merged.visual_tokens.tolist()
-        max_tokens += [processor.max_visual_tokens(im.size) for im in images]
         aux = merged.visual_aux or {}
+        tokens += (aux["fastv_visual_tokens"] if "fastv_visual_tokens" in aux else merged.visual_tokens).tolist()
+        max_tokens += [processor.max_visual_tokens(im.size) for im in images]
         for i, r in enumerate(chunk):
             if r["id"] in keep_ids and "router_keep" in aux:
                 aux_keep[r["id"]] = {"keep": aux["router_keep"][i].tolist(), "grid": list(aux["local_grid"][i]),

@@ -57,6 +57,7 @@ class Entry:
     eval_runtime: dict = field(default_factory=dict)  # run-time method fields set for evaluation only
     note: str = ""
     train_as: str | None = None  # reuse the trained model of another entry (eval-time ablations)
+    eval_reduction: dict = field(default_factory=dict)  # training-free token reduction at evaluation (FastV, VisionZip)
 
 
 ALL_MODULES = ("vision_tower", "connector", "language_model")
@@ -173,6 +174,19 @@ SUITES: dict[str, list[Entry]] = {
         Entry("γ = 1.0", _slime(), train_as="alternating", eval_runtime={"gamma": 1.0}),
         Entry("γ = 0.75", _slime(), train_as="alternating", eval_runtime={"gamma": 0.75}),
         Entry("γ = 0.5", _slime(), train_as="alternating", eval_runtime={"gamma": 0.5}),
+    ],
+    # The strategies a user would pick instead (issue 19), on the same backbone and budget. The tiny
+    # LM has 2 layers, so FastV prunes after layer 1 (the paper's K = 2 of 32 would leave nothing to prune).
+    "strategies": [
+        Entry("llava_hd", {"preset": "llava_hd", "grid_candidates": TINY_GRIDS}, note="anyres up to 3x3 tiles"),
+        Entry("onevision", {"preset": "onevision-anyres-max-9"}, note="anyres_max_9: up to 6x6 grids, shrunk to 9 tiles"),
+        Entry("internvl", {"preset": "internvl-dynamic"}, note="1-12 tiles + thumbnail, pixel shuffle (4x fewer)"),
+        Entry("slime", _slime(), recipe="alternating", note="alternating stages, γ = 0.95"),
+        Entry("llava_hd + FastV 50 %", {"preset": "llava_hd", "grid_candidates": TINY_GRIDS}, train_as="llava_hd",
+              eval_reduction={"fastv_keep": 0.5, "fastv_layer": 1}, note="half the visual tokens dropped after LM layer 1"),
+        Entry("llava_hd + VisionZip 25 %", {"preset": "llava_hd", "grid_candidates": TINY_GRIDS}, train_as="llava_hd",
+              eval_reduction={"visionzip_keep": 0.25}, note="a quarter of each view's tokens, by the tower's CLS attention"),
+        Entry("slime γ = 0.5", _slime(), train_as="slime", eval_runtime={"gamma": 0.5}, note="SliME's own text-guided drop"),
     ],
     "inf-llava-ablations": [
         Entry("official (both directions)", _inf()),

@@ -4,6 +4,7 @@ Pure functions and a processor, no ``nn.Module``. Sizes are (width, height), gri
 """
 
 from .grids import anyres_grid, flip_pairs, floor_grid, select_best_resolution, slime_paper_grid, uhd_grid
+from .grids_more import ONEVISION_GRIDS, grid_range, internvl_grid, internvl_grids, onevision_grid
 from .ops import ImageLoadError, load_image, load_image_bytes, to_rgb
 from .processor import (
     CLIP_MEAN,
@@ -22,4 +23,5 @@ __all__ = [
     "CLIP_MEAN", "CLIP_STD", "Canvas", "CutRecord", "GlobalView", "GridRule", "HiResImageProcessor",
     "ImageBatch", "ImageLoadError", "ImagingSpec", "LowRes", "anyres_grid", "flip_pairs", "floor_grid",
     "load_image", "load_image_bytes", "select_best_resolution", "slime_paper_grid", "to_rgb", "uhd_grid",
+    "ONEVISION_GRIDS", "grid_range", "internvl_grid", "internvl_grids", "onevision_grid",
 ]

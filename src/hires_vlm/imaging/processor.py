@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import grids, ops
+from . import grids, grids_more, ops
 from .resample import PIXELS, Resampler
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -33,6 +33,7 @@ class GridRule(str, enum.Enum):
     UHD = "uhd"  # SliME official: 2..max_tiles+1 tiles
     FIXED = "fixed"  # INF-LLaVA official: always fixed_grid (3×3)
     FLOOR = "floor"  # INF-LLaVA paper: ⌊W/S⌋ × ⌊H/S⌋, capped
+    INTERNVL = "internvl"  # InternVL dynamic tiling: closest aspect among 1..max_tiles tiles
 
 
 class Canvas(str, enum.Enum):
@@ -46,6 +47,7 @@ class GlobalView(str, enum.Enum):
     NONE = "none"
     PAD = "pad"  # pad to square with the mean colour, resize to S (LLaVA-1.5 "pad")
     SQUASH = "squash"  # resize to S×S, aspect distorted (LLaVA-NeXT base image)
+    SQUASH_IF_TILED = "squash_if_tiled"  # the squashed view, only when there are 2+ tiles (InternVL thumbnail)
 
 
 class LowRes(str, enum.Enum):
@@ -113,6 +115,8 @@ class ImagingSpec:
             raise ValueError(f"std must be positive per channel, got {list(self.std)}")
         if (self.local_tiles or self.strided_tiles) and self.grid_rule is GridRule.NONE:
             raise ValueError("tiles were asked for but grid_rule is 'none'")
+        if self.global_view is GlobalView.SQUASH_IF_TILED and not (self.local_tiles or self.strided_tiles):
+            raise ValueError("global_view 'squash_if_tiled' (a thumbnail beside 2+ tiles) needs tiles: set local_tiles")
         if self.grid_rule is GridRule.ANYRES and not self.grid_candidates:
             raise ValueError("grid_rule 'anyres' needs at least one grid candidate")
         if not (self.local_tiles or self.strided_tiles or self.global_view is not GlobalView.NONE
@@ -156,6 +160,8 @@ class ImagingSpec:
             return self.fixed_grid
         if rule is GridRule.FLOOR:
             return grids.floor_grid(image_size, s, self.max_cols, self.max_rows)
+        if rule is GridRule.INTERNVL:
+            return grids_more.internvl_grid(image_size, s, self.max_tiles)
         raise AssertionError(rule)
 
     def record_for(self, image_size: Sequence[int]) -> "CutRecord":
@@ -175,7 +181,8 @@ class ImagingSpec:
         else:  # stretch, center_crop: the canvas is all image
             box = (0, 0, canvas[0], canvas[1])
         kinds: list[str] = []
-        if self.global_view is not GlobalView.NONE:
+        if self.global_view is not GlobalView.NONE and not (
+                self.global_view is GlobalView.SQUASH_IF_TILED and cols * rows <= 1):
             kinds.append(VIEW_GLOBAL)
         if self.local_tiles:
             kinds += [VIEW_TILE] * (cols * rows)
@@ -290,10 +297,10 @@ class HiResImageProcessor:
         mean, std = spec.mean, spec.std
         image = px.prepare(image)
         k = 0
-        if spec.global_view is not GlobalView.NONE:
+        if record.views[:1] == (VIEW_GLOBAL,):  # the spec asks for it, and (InternVL) the grid has 2+ tiles
             if spec.global_view is GlobalView.PAD:
                 g = px.resize(px.expand_to_square(image, ops.mean_fill(mean)), (s, s))
-            else:  # squash
+            else:  # squash, squash_if_tiled
                 g = px.resize(image, (s, s))
             ops.normalize_into(out[k], px.array(g).transpose(2, 0, 1), mean, std)
             k += 1

@@ -1,5 +1,6 @@
 """Methods: each a config + a connector composed from ``connectors`` — ``llava``, ``llava_hd``,
-``monkey``, ``slime``, ``inf_llava`` — with paper and official presets."""
+``monkey``, ``slime``, ``inf_llava``, ``onevision`` (LLaVA-OneVision anyres_max), ``internvl`` (InternVL
+dynamic tiling) — with paper and official presets."""
 
 from .base import Dims, MethodConfig, MethodOutput, TextContext, VisualMethod
 from .llava import LlavaConfig, LlavaHDConfig, LlavaHDMethod, LlavaMethod

@@ -80,6 +80,11 @@ class MethodConfig:
         for a tower with ``grid``×``grid`` tokens per view; every subclass defines it."""
         raise TypeError(f"{type(self).__name__} does not define max_visual_tokens")
 
+    def token_layout(self, record: CutRecord, grid: int) -> dict[str, Any]:
+        """What an image's visual tokens are made of, for ``inspect`` (e.g. a map shrunk to a budget);
+        default: nothing beyond the count."""
+        return {}
+
 
 def _coerce(value, tp):
     """YAML/JSON values → dataclass values (lists → tuples where the field is a tuple)."""

@@ -29,6 +29,9 @@ class HiResVLMConfig(PreTrainedConfig):
             processors; 4–5× faster on large images, 1–2 grey levels from Pillow's).
         max_length: longest sequence (text + visual tokens) the model accepts.
         template: conversation template the model is trained with (``plain``, ``vicuna_v1``, ``llama3``, ``chatml``).
+        token_reduction: run-time, training-free visual token reduction, e.g. ``{"fastv_keep": 0.5}`` or
+            ``{"visionzip_keep": 0.25}`` (fields of :class:`~hires_vlm.model.reduction.TokenReduction`);
+            None: off. Set it at load time with ``from_pretrained(path, token_reduction={...})``.
     """
 
     model_type = "hires_vlm"
@@ -48,6 +51,7 @@ class HiResVLMConfig(PreTrainedConfig):
     image_resampler: str = "pillow"
     max_length: int | None = 2048
     template: str = "vicuna_v1"
+    token_reduction: dict | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -57,6 +61,10 @@ class HiResVLMConfig(PreTrainedConfig):
 
         self.method = resolve_method_config(self.method if self.method is not None else "llava").to_dict()
         get_template(self.template)
+        if self.token_reduction is not None:
+            from .reduction import resolve_token_reduction
+
+            self.token_reduction = resolve_token_reduction(self.token_reduction).to_dict()
         if self.image_mean is None:
             self.image_mean = list(CLIP_MEAN)
         if self.image_std is None:

@@ -29,6 +29,7 @@ class Expanded:
     embeds: torch.Tensor
     labels: torch.Tensor | None
     lengths: torch.Tensor
+    image_slots: torch.Tensor | None = None  # [T] the image (placeholder order) each slot belongs to, −1 for text
 
 
 def expand_placeholders(text_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -61,21 +62,14 @@ def expand_placeholders(text_embeds: torch.Tensor, input_ids: torch.Tensor, atte
     if labels is not None:
         out_labels = labels[valid][slot_token].masked_fill(slot_img, IGNORE_INDEX)
     lengths = torch.bincount(rows[slot_token], minlength=input_ids.shape[0])
-    return Expanded(pool[src], out_labels, lengths)
+    image_slots = torch.where(slot_img, image_of[slot_token], -1)
+    return Expanded(pool[src], out_labels, lengths, image_slots)
 
 
 def pad_rows(expanded: Expanded, padding_side: str, template_mask: torch.Tensor):
     """``(embeds [b x L x d], mask [b x L], labels [b x L] | None)``, L the longest sample, padded on
     ``padding_side``; ``template_mask`` gives the mask's dtype and device."""
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    lengths = expanded.lengths
-    bsz, width = lengths.shape[0], int(lengths.max()) if lengths.numel() else 0
-    device = expanded.embeds.device
-    sample = torch.repeat_interleave(torch.arange(bsz, device=device), lengths)
-    col = torch.arange(sample.shape[0], device=device) - (torch.cumsum(lengths, 0) - lengths)[sample]
-    if padding_side == "left":
-        col = col + (width - lengths)[sample]
+    sample, col, bsz, width = _slots(expanded.lengths, padding_side)
     embeds = expanded.embeds.new_zeros(bsz, width, expanded.embeds.shape[-1])
     embeds = embeds.index_put((sample, col), expanded.embeds)
     mask = template_mask.new_zeros(bsz, width)
@@ -85,3 +79,25 @@ def pad_rows(expanded: Expanded, padding_side: str, template_mask: torch.Tensor)
         labels = expanded.labels.new_full((bsz, width), IGNORE_INDEX)
         labels[sample, col] = expanded.labels
     return embeds, mask, labels
+
+
+def _slots(lengths: torch.Tensor, padding_side: str):
+    """``(sample, column, b, L)`` of every merged slot in rows of width L padded on ``padding_side``."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    bsz, width = lengths.shape[0], int(lengths.max()) if lengths.numel() else 0
+    device = lengths.device
+    sample = torch.repeat_interleave(torch.arange(bsz, device=device), lengths)
+    col = torch.arange(sample.shape[0], device=device) - (torch.cumsum(lengths, 0) - lengths)[sample]
+    if padding_side == "left":
+        col = col + (width - lengths)[sample]
+    return sample, col, bsz, width
+
+
+def pad_values(expanded: Expanded, values: torch.Tensor, padding_side: str, fill) -> torch.Tensor:
+    """Per-slot ``values [T]`` laid out as :func:`pad_rows` lays out the slots: ``[b x L]``, ``fill`` elsewhere
+    (e.g. ``image_slots``, which FastV reads to find each image's visual tokens)."""
+    sample, col, bsz, width = _slots(expanded.lengths, padding_side)
+    out = values.new_full((bsz, width), fill)
+    out[sample, col] = values
+    return out

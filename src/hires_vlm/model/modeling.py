@@ -6,7 +6,8 @@ in original LLaVA, and not in the processor), masks their labels, and re-pads th
 padding for training, left padding for generation — or, with ``packing=True``, no padding at all:
 the merged samples in one row whose attention stays within each sample (``packing.py``).
 ``generate`` hands the merged embeddings to the LM's own ``generate`` (KV cache, every decoding
-strategy of transformers).
+strategy of transformers). Training-free token reduction (``token_reduction``: VisionZip after the
+tower, FastV inside the LM; ``reduction.py``) applies to every forward and generation when set.
 
 Shapes: ``input_ids [b x l]``, ``pixel_values [v x c x S x S]`` (all views of all images back to
 back), ``image_sizes [n x 2]`` (width, height) per image in placeholder order.
@@ -29,12 +30,14 @@ from transformers.utils import ModelOutput
 
 from .. import compat
 from ..imaging import CutRecord, HiResImageProcessor, ImagingSpec
-from ..methods import Dims, TextContext, VisualMethod, build_method, resolve_method_config
+from ..methods import Dims, MethodOutput, TextContext, VisualMethod, build_method, resolve_method_config
 from ..text import IGNORE_INDEX
 from ..vision import VisionTower
 from .configuration import HiResVLMConfig
-from .merge import expand_placeholders, pad_rows
+from .fastv import FastV, query_positions
+from .merge import expand_placeholders, pad_rows, pad_values
 from .packing import PackedSequences, PackingError, check_packable, pack_row
+from .reduction import TokenReduction, resolve_token_reduction, visionzip_layout, visionzip_split, zipped_anyres_tokens
 
 
 @compat.model_output
@@ -61,6 +64,7 @@ class MergedInputs:
     visual_tokens: torch.Tensor
     visual_aux: dict
     packed: PackedSequences | None = None  # set when the samples were packed into one row
+    image_index: torch.Tensor | None = None  # [b x L] the image each position belongs to, −1 for text (not packed)
 
 
 class HiResVLMPreTrainedModel(PreTrainedModel):
@@ -177,6 +181,22 @@ class HiResVLM(HiResVLMPreTrainedModel):
         self.config.method = self.connector.cfg.to_dict()
         self._processor = None
 
+    @property
+    def token_reduction(self) -> TokenReduction:
+        """The run-time token reduction (FastV, VisionZip) of ``config.token_reduction``; all off by default."""
+        return resolve_token_reduction(self.config.token_reduction)
+
+    def set_token_reduction(self, **changes) -> None:
+        """Change run-time reduction fields (``fastv_keep=0.5``, ``visionzip_keep=0.25``, …); kept in the config."""
+        self.config.token_reduction = self.token_reduction.replace(**changes).to_dict()
+
+    def _reduction(self, override: TokenReduction | dict | None) -> TokenReduction:
+        if override is None:
+            return self.token_reduction
+        if isinstance(override, TokenReduction):
+            return override
+        return self.token_reduction.replace(**override)
+
     def records_for(self, image_sizes) -> list[CutRecord]:
         spec = self.imaging_spec
         if image_sizes is None:
@@ -189,18 +209,45 @@ class HiResVLM(HiResVLMPreTrainedModel):
 
     # ------------------------------------------------------------------ images
     def encode_images(self, pixel_values: torch.Tensor, records: list[CutRecord],
-                      text: list[torch.Tensor] | None = None):
-        """All views in one (chunked) tower forward, then the method's connector."""
+                      text: list[torch.Tensor] | None = None, token_reduction: TokenReduction | dict | None = None):
+        """All views in one (chunked) tower forward, then the method's connector (VisionZip in between when set)."""
         expected = sum(r.num_views for r in records)
         if pixel_values.shape[0] != expected:
             raise ValueError(
                 f"pixel_values holds {pixel_values.shape[0]} views but the image sizes imply {expected}; "
                 "make pixel_values and image_sizes with the same processor"
             )
-        feats = self.vision_tower(pixel_values)
         conn_dtype = next(self.connector.parameters()).dtype
         ctx = TextContext(embeddings=text, embed_tokens=self.get_input_embeddings())
+        reduction = self._reduction(token_reduction)
+        if reduction.visionzip and records:
+            return self._encode_zipped(pixel_values, records, ctx, reduction, conn_dtype)
+        feats = self.vision_tower(pixel_values)
         return self.connector(feats.to(conn_dtype), records, ctx)
+
+    def _encode_zipped(self, pixel_values, records, ctx, reduction: TokenReduction, conn_dtype) -> MethodOutput:
+        """VisionZip (``vision/visionzip.py``) on every view, then the connector or, for ``llava_hd``, the
+        official VisionZip LLaVA-NeXT layout (``reduction.zipped_anyres_tokens``)."""
+        from ..vision.visionzip import probe_tower, zip_views
+
+        layout = visionzip_layout(self.connector.cfg.name, type(self.connector))
+        probe = probe_tower(self.vision_tower, pixel_values)
+        n_dom, n_cls, n_ctx = visionzip_split(self.vision_tower.num_tokens, reduction.visionzip_keep,
+                                              reduction.visionzip_contextual,
+                                              reduction.visionzip_cls and probe.cls is not None)
+        zipped = zip_views(probe, n_dom, n_ctx, bool(n_cls))
+        sizes = [r.num_views for r in records]
+        aux = {"visionzip_dominant": list(zipped.dominant.split(sizes)), "visionzip_cls": zipped.n_cls,
+               "visionzip_contextual": zipped.n_contextual}
+        tokens = zipped.tokens.to(conn_dtype)
+        if layout == "flat":
+            out = self.connector(tokens, records, ctx)
+            out.aux.update(aux)
+            return out
+        projected = self.connector.projector(tokens)
+        out = [zipped_anyres_tokens(p, d, zipped.n_cls, rec, self.vision_tower.grid)
+               for p, d, rec in zip(projected.split(sizes), zipped.dominant.split(sizes), records)]
+        return MethodOutput(out, aux)
 
     def _router_text(self, embeds, input_ids, attention_mask, labels, image_owner):
         """One [L x d] tensor of text embeddings per image: its sample's prompt (or all) text."""
@@ -211,10 +258,12 @@ class HiResVLM(HiResVLMPreTrainedModel):
         return [embeds[b][keep[b]] for b in image_owner]
 
     def merge_inputs(self, input_ids, attention_mask=None, pixel_values=None, image_sizes=None, labels=None,
-                     padding_side: str = "right", pack: bool = False) -> MergedInputs:
+                     padding_side: str = "right", pack: bool = False,
+                     token_reduction: TokenReduction | dict | None = None) -> MergedInputs:
         """Replace each ``<image>`` token by its visual tokens; re-pad the batch on ``padding_side``, or
         (``pack``) concatenate the samples into one row ``[1 x T x d]`` with restarting ``position_ids``
-        and ``packed`` set (the attention mask is then all ones)."""
+        and ``packed`` set (the attention mask is then all ones). VisionZip, when set, reduces the
+        visual tokens here; FastV acts later, inside the LM."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         image_id = self.config.image_token_id
@@ -238,7 +287,7 @@ class HiResVLM(HiResVLMPreTrainedModel):
             if self.connector.uses_text:
                 text = self._router_text(text_embeds.detach() if not self.training else text_embeds,
                                          input_ids, attention_mask, labels, owner)
-            out = self.encode_images(pixel_values, records, text)
+            out = self.encode_images(pixel_values, records, text, token_reduction)
             visual, aux = out.tokens, out.aux
         elif self.training and pixel_values is None:
             # Text-only batch: run the vision path on one dummy view and add it times zero, so every
@@ -266,7 +315,8 @@ class HiResVLM(HiResVLMPreTrainedModel):
             return MergedInputs(packed.inputs_embeds, ones, packed.position_ids, packed.labels, vt, aux, packed)
         embeds, mask, out_labels = pad_rows(merged, padding_side, attention_mask)
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        return MergedInputs(embeds, mask, position_ids, out_labels, vt, aux)
+        image_index = pad_values(merged, merged.image_slots, padding_side, -1)
+        return MergedInputs(embeds, mask, position_ids, out_labels, vt, aux, image_index=image_index)
 
     # ------------------------------------------------------------------ forward / generate
     def forward(
@@ -281,6 +331,7 @@ class HiResVLM(HiResVLMPreTrainedModel):
         use_cache: bool | None = None,
         packing: bool = False,
         labelled_logits_only: bool = False,
+        token_reduction: TokenReduction | dict | None = None,
         **kwargs,
     ) -> HiResVLMOutput:
         """The LM's forward over the merged sequence; the KV cache comes in as ``cache`` or
@@ -292,18 +343,31 @@ class HiResVLM(HiResVLMPreTrainedModel):
         ``labelled_logits_only`` (with labels; what the trainer's training steps ask): the LM head runs only
         on the positions that predict a label (``logits_positions``, the same for every row), the loss is
         the LM's own loss function on those — the same value, without the ``[b x L x V]`` logits of
-        image and prompt tokens, which make most of a LLaVA sequence and predict nothing."""
+        image and prompt tokens, which make most of a LLaVA sequence and predict nothing.
+
+        ``token_reduction`` (this call's changes to ``config.token_reduction``): with FastV the logits,
+        labels and mask returned are those of the pruned sequence (each row's kept tokens, re-padded on the
+        right; ``visual_aux["fastv_positions"]`` maps them to the merged positions) and no KV cache is
+        kept unless ``use_cache=True`` (it holds pruned layers: continue with ``generate``)."""
         cache = compat.pop_cache(kwargs)
         merged = None
+        reduction = self._reduction(token_reduction)
+        if packing and reduction.fastv:
+            raise PackingError("FastV (fastv_keep < 1) prunes each sample's visual tokens inside the LM and cannot "
+                               "run on packed rows; call with packing=False")
         if packing:
             self._check_packed_call(input_ids, inputs_embeds, position_ids, cache, use_cache)
             use_cache = False  # transformers reads restarting position_ids as packed only without a cache
         if packing or (inputs_embeds is None and input_ids is not None and (
             (input_ids == self.config.image_token_id).any() or image_sizes is not None or self.training
         )):
-            merged = self.merge_inputs(input_ids, attention_mask, pixel_values, image_sizes, labels, pack=packing)
+            merged = self.merge_inputs(input_ids, attention_mask, pixel_values, image_sizes, labels, pack=packing,
+                                       token_reduction=reduction)
             inputs_embeds, attention_mask, position_ids = merged.inputs_embeds, merged.attention_mask, merged.position_ids
             labels, input_ids = merged.labels, None
+        fastv = self._fastv(reduction, merged, labels, "right") if merged is not None and cache is None else None
+        if fastv is not None and use_cache is None:
+            use_cache = False
         lm_mask = attention_mask
         if merged is not None and merged.packed is not None:
             lm_mask = None  # restarting position_ids, no mask: transformers' packed-sequence convention
@@ -311,7 +375,19 @@ class HiResVLM(HiResVLMPreTrainedModel):
         lm_kwargs = dict(input_ids=input_ids, attention_mask=lm_mask, position_ids=position_ids,
                          inputs_embeds=inputs_embeds, use_cache=use_cache, **compat.cache_kwargs(cache))
         positions = None
-        if labelled_logits_only and labels is not None and self._lm_keeps_logits():
+        if fastv is not None:  # the pruned sequence's logits; the loss on its labels (the labels of every token kept)
+            num_items = kwargs.pop("num_items_in_batch", None)
+            with fastv:
+                out = self.language_model(**lm_kwargs, **kwargs)
+            res = fastv.result
+            attention_mask = res.valid.to(attention_mask.dtype)
+            merged.visual_aux.update(res.aux())
+            loss = None
+            if labels is not None:
+                labels = res.prune(labels, IGNORE_INDEX)
+                loss = self.language_model.loss_function(logits=out.logits, labels=labels,
+                                                         vocab_size=out.logits.shape[-1], num_items_in_batch=num_items)
+        elif labelled_logits_only and labels is not None and self._lm_keeps_logits():
             targets = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
             positions = torch.nonzero((targets != IGNORE_INDEX).any(0)).flatten()
             num_items = kwargs.pop("num_items_in_batch", None)
@@ -351,27 +427,57 @@ class HiResVLM(HiResVLMPreTrainedModel):
                                "its samples. Call with use_cache=False; generate() left-pads instead")
         check_packable(self.language_model)
 
+    def _fastv(self, reduction: TokenReduction, merged: MergedInputs, labels, padding_side: str) -> FastV | None:
+        """The FastV context of a merged batch, or None when FastV is off or the batch has no visual token."""
+        if not reduction.fastv or merged.image_index is None or not bool((merged.image_index >= 0).any()):
+            return None
+        mask = merged.attention_mask
+        if padding_side == "left":
+            if not bool(mask[:, -1].all()):
+                raise ValueError("FastV generation needs left-padded merged inputs (merge_inputs(padding_side='left'))")
+            query = torch.full((mask.shape[0],), mask.shape[1] - 1, dtype=torch.long, device=mask.device)
+        else:
+            query = query_positions(mask, labels, IGNORE_INDEX)
+        return FastV(self.language_model, reduction.fastv_keep, reduction.fastv_layer, merged.image_index, mask,
+                     query, padding_side)
+
     @torch.no_grad()
     def generate(self, input_ids=None, attention_mask=None, pixel_values=None, image_sizes=None,
-                 generation_config: GenerationConfig | None = None, return_visual_aux: bool = False, **kwargs):
+                 generation_config: GenerationConfig | None = None, return_visual_aux: bool = False,
+                 token_reduction: TokenReduction | dict | None = None, **kwargs):
         """Greedy/sampled/beam decoding with the KV cache; batches are left-padded after expansion.
 
         Returns the LM's ``generate`` output — the new tokens only, since the prompt goes in as
         embeddings. With ``return_visual_aux`` returns ``(output, merged)`` to expose the method's
-        observables (e.g. which local tokens SliME's router kept).
+        observables (e.g. which local tokens SliME's router kept, which visual tokens FastV kept).
+        ``token_reduction``: this call's changes to ``config.token_reduction`` (FastV, VisionZip).
         """
+        reduction = self._reduction(token_reduction)
+        merged = self.merge_inputs(input_ids, attention_mask, pixel_values, image_sizes, None, padding_side="left",
+                                   token_reduction=reduction)
+        if generation_config is not None:
+            kwargs["generation_config"] = generation_config
+        out = self.generate_merged(merged, token_reduction=reduction, **kwargs)
+        return (out, merged) if return_visual_aux else out
+
+    @torch.no_grad()
+    def generate_merged(self, merged: MergedInputs, token_reduction: TokenReduction | dict | None = None, **kwargs):
+        """The LM's ``generate`` on left-padded merged inputs (``merge_inputs(padding_side="left")``), with
+        FastV's pruning of the prefill and its KV cache when set; FastV's observables go to ``merged.visual_aux``."""
         if kwargs.get("use_cache") is False:
             raise ValueError(
                 "use_cache=False is not supported: transformers keeps the KV cache on when decoding from "
                 "inputs_embeds; recompute with forward() in a loop if you need an uncached reference"
             )
-        merged = self.merge_inputs(input_ids, attention_mask, pixel_values, image_sizes, None, padding_side="left")
-        if generation_config is not None:
-            kwargs["generation_config"] = generation_config
-        out = self.language_model.generate(
-            inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs
-        )
-        return (out, merged) if return_visual_aux else out
+        fastv = self._fastv(self._reduction(token_reduction), merged, None, "left")
+        if fastv is None:
+            return self.language_model.generate(inputs_embeds=merged.inputs_embeds,
+                                                attention_mask=merged.attention_mask, **kwargs)
+        with fastv:
+            out = self.language_model.generate(inputs_embeds=merged.inputs_embeds,
+                                               attention_mask=merged.attention_mask, **kwargs)
+        merged.visual_aux.update(fastv.result.aux())
+        return out
 
 
 @functools.lru_cache(maxsize=None)

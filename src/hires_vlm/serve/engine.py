@@ -172,8 +172,8 @@ class Engine:
             sampler = RowSampler([r.request.sampling for r in rows], lambda i: decoders[i].finished)
             config = copy.deepcopy(self._generation_config)
             config.max_new_tokens = max(r.max_tokens for r in rows)
-            self.model.language_model.generate(
-                inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, generation_config=config,
+            self.model.generate_merged(  # the LM's generate, with FastV when the model's token_reduction sets it
+                merged, generation_config=config,
                 logits_processor=LogitsProcessorList([sampler]), stopping_criteria=StoppingCriteriaList([stopper]))
         for i, dec in enumerate(decoders):  # generate ended before a row's own limit (it cannot, but never hang)
             if not dec.finished:

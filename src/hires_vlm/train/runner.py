@@ -334,7 +334,10 @@ def _finished_stage_changes(cfg: TrainConfig, old: dict, new: dict) -> list[str]
         return []
     changes = []
     for key in ("model", "data", "training"):
-        changes += config_differences(old.get(key), new.get(key), key)
+        a, b = old.get(key), new.get(key)
+        if key == "training":  # where the frozen tower's features are kept changes no result
+            a, b = ({k: v for k, v in (x or {}).items() if k != "feature_cache"} for x in (a, b))
+        changes += config_differences(a, b, key)
     changes += config_differences((old.get("run") or {}).get("seed"), new["run"]["seed"], "run.seed")
     old_stages = {s.get("name"): s for s in old.get("stages") or [] if isinstance(s, dict)}
     for i in done:

@@ -42,6 +42,12 @@ class VisionTower(nn.Module):
         return self.grid * self.grid
 
     @property
+    def feature_layer_index(self) -> int:
+        """The feature layer as an index into ``hidden_states`` (0 = embeddings, n = the last layer's output)."""
+        n_layers = int(self.model.config.num_hidden_layers)
+        return self.feature_layer if self.feature_layer >= 0 else n_layers + 1 + self.feature_layer
+
+    @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
@@ -66,8 +72,7 @@ class VisionTower(nn.Module):
 
     def _encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        n_layers = int(self.model.config.num_hidden_layers)
-        k = self.feature_layer if self.feature_layer >= 0 else n_layers + 1 + self.feature_layer
+        k = self.feature_layer_index
         enc, layers = self._encoder_layers()
         if enc is not None and 1 <= k < len(layers):
             # Run only the layers the feature layer needs (LLaVA's −2 skips the last): less compute,
