@@ -21,6 +21,7 @@ from .imaging import CLIP_MEAN, CLIP_STD
 from .methods import Dims, build_method, resolve_method_config
 from .model import HiResVLM, HiResVLMConfig, HiResVLMProcessor
 from .text import add_image_token, ensure_pad_token, get_template, set_chat_template
+from .vision.native import is_native_config, native_tower_class
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ def vision_config_of(config: PreTrainedConfig) -> PreTrainedConfig:
     """The vision part of a config: itself if it is a vision config, else its ``vision_config``."""
     if hasattr(config, "vision_config") and config.vision_config is not None:
         return config.vision_config
+    if is_native_config(config):
+        return config
     if not hasattr(config, "image_size") or not hasattr(config, "patch_size"):
         raise ValueError(f"{type(config).__name__} is not a vision tower config (no image_size/patch_size)")
     return config
@@ -49,7 +52,10 @@ def load_vision_tower(vision_dir: str, dtype: torch.dtype | None = None):
     _require_dir(vision_dir, "vision model")
     full = AutoConfig.from_pretrained(vision_dir)
     vcfg = vision_config_of(full)
-    model_cls = AutoModel._model_mapping[type(vcfg)]
+    if is_native_config(vcfg):  # Qwen2-VL's vision model (not in AutoModel's mapping)
+        model_cls = native_tower_class()
+    else:
+        model_cls = AutoModel._model_mapping[type(vcfg)]
     from transformers.utils import logging as hf_logging
 
     # A full CLIP/SigLIP checkpoint also holds the text tower: its keys are expected to go unused.
@@ -90,6 +96,12 @@ def build_from_parts(vision_dir: str, lm_dir: str, method="llava_hd", *, templat
         dtype = DTYPES[dtype]
     method_cfg = resolve_method_config(method)
     vision, vcfg, mean, std = load_vision_tower(vision_dir, dtype)
+    native = method_cfg.imaging_spec(14, mean, std).is_native
+    if native != is_native_config(vcfg):
+        kind = "a native-resolution tower (a Qwen2-VL vision model)" if native else "a CLIP/SigLIP-style tower"
+        raise ValueError(f"method {method_cfg.name!r} needs {kind}, but {vision_dir!r} holds a "
+                         f"{type(vcfg).__name__} ({'native resolution' if is_native_config(vcfg) else 'fixed S×S views'})"
+                         "; choose a matching method or vision model")
     _require_dir(lm_dir, "language model")
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
     method_cfg = method_cfg.bind_tokenizer(tokenizer)  # e.g. SliME's separator: the id of ','
@@ -111,6 +123,8 @@ def build_from_parts(vision_dir: str, lm_dir: str, method="llava_hd", *, templat
     )
     with torch.device("meta"):
         model = HiResVLM(config)
+    if native:
+        vision.merger = torch.nn.Identity()  # the 2×2 merge is the connector's (methods/qwen2vl.py)
     model.vision_tower.model = vision
     model.vision_tower.requires_grad_(False)
     model.language_model = lm

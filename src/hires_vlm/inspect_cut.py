@@ -76,6 +76,9 @@ def describe(image_size: tuple[int, int], cfg: MethodConfig, geo: Geometry) -> t
         "visual_tokens": cfg.max_visual_tokens(rec, geo.grid),
         "method_config": cfg.to_dict(),
     }
+    if rec.is_native:  # one view at its own size; pixel_values holds one row per patch
+        info.update(num_views=1, tile_size=spec.patch_size * spec.merge_size, patch_size=spec.patch_size,
+                    pixel_value_rows=rec.num_views)
     layout = cfg.token_layout(rec, geo.grid)
     if layout:
         info["token_layout"] = layout
@@ -83,6 +86,17 @@ def describe(image_size: tuple[int, int], cfg: MethodConfig, geo: Geometry) -> t
 
 
 def format_text(info: dict) -> str:
+    if info.get("views") == {"native": 1}:  # native resolution (qwen2vl): no tiles, one patch grid
+        lay = info["token_layout"]
+        lines = [
+            f"method         {info['method']}",
+            f"image          {info['image_size'][0]} x {info['image_size'][1]} (width x height)",
+            f"resized        {lay['resized_size'][0]} x {lay['resized_size'][1]} (native resolution, no tiles)",
+            f"patches        {lay['patch_grid'][0]} columns x {lay['patch_grid'][1]} rows (grid_thw {lay['grid_thw']})",
+            f"visual tokens  {info['visual_tokens']} ({lay['token_grid'][0]} x {lay['token_grid'][1]} after the "
+            f"{lay['merge_size']}x{lay['merge_size']} merge)",
+        ]
+        return "\n".join(lines)
     lines = [
         f"method         {info['method']}",
         f"image          {info['image_size'][0]} x {info['image_size'][1]} (width x height)",
@@ -126,6 +140,9 @@ def save_figure(image, rec: CutRecord, spec: ImagingSpec, info: dict, path: str,
 
     from .imaging import HiResImageProcessor
 
+    if spec.is_native:
+        raise ValueError("--save-figure draws tiles and S×S views; a native-resolution method (qwen2vl) has none: "
+                         "its resized size and patch grid are in --json's token_layout")
     views, _ = HiResImageProcessor(spec).preprocess_one(image)
     mean = torch.tensor(spec.mean).view(3, 1, 1)
     std = torch.tensor(spec.std).view(3, 1, 1)
@@ -230,7 +247,9 @@ def run_inspect(image_path: str | None, method: str | None = None, config_file: 
         from .model import HiResVLMConfig, check_model_dir
 
         mc = HiResVLMConfig.from_pretrained(check_model_dir(model_dir))
-        geo = Geometry(int(mc.vision_config.image_size), int(mc.vision_config.patch_size),
+        from .vision.native import tower_tile_size
+
+        geo = Geometry(tower_tile_size(mc.vision_config), int(mc.vision_config.patch_size),
                        tuple(mc.image_mean), tuple(mc.image_std), mc.image_resampler)
         cfg = resolve_method_config(mc.method) if not (method or config_file) else load_method_spec(method, config_file)
     else:

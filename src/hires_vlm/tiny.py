@@ -3,6 +3,11 @@
 A CLIP-style vision tower (S = 112 px tiles, 14 px patches → 8×8 tokens per view), a Llama-style
 causal LM and a byte-level BPE tokenizer trained offline — no download. Real checkpoints go
 through the same ``HiResVLM`` code (see ``hires_vlm.build``).
+
+A native-resolution method (``qwen2vl``) gets a tiny Qwen2-VL vision tower instead (transformers'
+``Qwen2VisionTransformerPretrainedModel``: 14-px patches, 2×2 merge, the same width and depth as
+the CLIP one), always with random weights: the foundation's tower is a CLIP ViT with fixed
+112-px tiles and cannot take an image at its own size (:data:`NATIVE_FOUNDATION_ERROR`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,24 @@ def tiny_vision_config(tile_size: int = TINY_TILE, patch_size: int = TINY_PATCH,
         image_size=tile_size, patch_size=patch_size, hidden_size=hidden_size, intermediate_size=hidden_size * 2,
         num_hidden_layers=layers, num_attention_heads=4, projection_dim=hidden_size,
     )
+
+
+def tiny_native_vision_config(patch_size: int = TINY_PATCH, merge_size: int = 2, temporal_patch_size: int = 2,
+                              hidden_size: int = 64, layers: int = 2):
+    """A tiny Qwen2-VL vision config (embed_dim ``hidden_size``, 4 heads); the tower's own merger is not used."""
+    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
+
+    return Qwen2VLVisionConfig(depth=layers, embed_dim=hidden_size, hidden_size=hidden_size, mlp_ratio=2,
+                               num_heads=4, patch_size=patch_size, spatial_merge_size=merge_size,
+                               temporal_patch_size=temporal_patch_size)
+
+
+NATIVE_FOUNDATION_ERROR = (
+    "method {name!r} needs a native-resolution vision tower, but the foundation's tower is a CLIP ViT pretrained on "
+    "fixed {tile}-px tiles (absolute position embeddings for one {grid}x{grid} grid): it cannot take an image at its "
+    "own size with 2-D rotary positions. Build the tiny {name!r} model without a foundation (random tower: drop "
+    "model.foundation / foundation=...), or first pretrain a native-resolution tower (a Qwen2-VL vision config) on "
+    "the benchmark's world with the foundation builder — which ships only the CLIP tower today")
 
 
 def tiny_text_config(vocab_size: int, hidden_size: int = 128, layers: int = 2, pad_token_id: int | None = None,
@@ -62,6 +85,14 @@ def build_tiny(method: str | dict | MethodConfig = "llava_hd", *, template: str 
     foundation's and only the connector is new; the sizes are the foundation's.
     """
     found = None
+    method_cfg = resolve_method_config(method)
+    native = method_cfg.imaging_spec(tile_size, CLIP_MEAN, CLIP_STD).is_native
+    if native and foundation is not None:
+        raise ValueError(NATIVE_FOUNDATION_ERROR.format(name=method_cfg.name, tile=TINY_TILE,
+                                                        grid=TINY_TILE // TINY_PATCH))
+    if native and patch_size != method_cfg.patch_size:
+        raise ValueError(f"patch_size={patch_size} differs from method {method_cfg.name!r}'s patch_size="
+                         f"{method_cfg.patch_size}; set the method's (its tower is built from it)")
     if foundation is not None:
         from .foundation import load_foundation
 
@@ -75,10 +106,15 @@ def build_tiny(method: str | dict | MethodConfig = "llava_hd", *, template: str 
     else:
         tokenizer = build_bpe_tokenizer(corpus, vocab_size=vocab_size, template=template)
     image_id = add_image_token(tokenizer)
-    method_cfg = resolve_method_config(method).bind_tokenizer(tokenizer)
+    method_cfg = method_cfg.bind_tokenizer(tokenizer)
     torch.manual_seed(seed)
+    if native:
+        vision = tiny_native_vision_config(method_cfg.patch_size, method_cfg.merge_size,
+                                           method_cfg.temporal_patch_size, vision_hidden, vision_layers)
+    else:
+        vision = tiny_vision_config(tile_size, patch_size, vision_hidden, vision_layers)
     config = HiResVLMConfig(
-        vision_config=tiny_vision_config(tile_size, patch_size, vision_hidden, vision_layers).to_dict(),
+        vision_config=vision.to_dict(), vision_feature_layer=-1 if native else -2,
         text_config=tiny_text_config(len(tokenizer), text_hidden, text_layers, tokenizer.pad_token_id,
                                      tokenizer.bos_token_id, tokenizer.eos_token_id).to_dict(),
         method=method_cfg.to_dict(), image_token_id=image_id, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD),

@@ -32,7 +32,9 @@ SIZES = [(1, 1), (1, 300), (300, 1), (7, 5), (336, 336), (500, 200), (900, 2400)
 def test_torch_resampler_cuts_the_same_and_stays_within_two_grey_levels_of_pillow(preset):
     spec = resolve_method_config(preset).imaging_spec(112, CLIP_MEAN, CLIP_STD)
     pil, fast = HiResImageProcessor(spec), HiResImageProcessor(dataclasses.replace(spec, resampler="torch"))
-    images = [textured(w, h, seed=i) for i, (w, h) in enumerate(SIZES)]
+    # native resolution (qwen2vl) refuses an aspect ratio above 200, as Qwen2-VL does (tests/imaging/test_native.py)
+    sizes = [s for s in SIZES if not spec.is_native or max(s) / min(s) <= 200]
+    images = [textured(w, h, seed=i) for i, (w, h) in enumerate(sizes)]
     a, b = pil(images), fast(images)
     assert a.records == b.records
     assert a.pixel_values.shape == b.pixel_values.shape

@@ -23,6 +23,7 @@ from hires_vlm.imaging import CLIP_MEAN, CLIP_STD
 from hires_vlm.methods import Dims, LlavaHDConfig, build_method, resolve_method_config
 
 from official_rules import SIZES, official_internvl_tokens
+from tiny_parts import conversation_batch
 
 DIMS = Dims(vision_dim=32, text_dim=48, tile_size=112, grid=8)
 
@@ -153,19 +154,12 @@ def test_against_llava_hd_at_clip_336():
 def test_tiny_model_trains_one_step_and_generates(tmp_path):
     from PIL import Image
 
-    from hires_vlm.data.llava_json import LlavaCollator
     from hires_vlm.tiny import build_tiny
 
     model, proc = build_tiny("internvl-dynamic", text_layers=1, vision_layers=1, vocab_size=300)
     assert model.vision_tower.grid == 8
     images = [Image.new("RGB", (300, 200), (200, 30, 30)), Image.new("RGB", (100, 100), (10, 100, 30))]
-    rows = []
-    for im in images:
-        conv = [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]
-        enc = proc.encoder.encode(conv, [proc.max_visual_tokens(im.size)])
-        rows.append({"input_ids": torch.tensor(enc.input_ids), "labels": torch.tensor(enc.labels),
-                     "pixel_values": proc.image_processor([im]).pixel_values, "image_sizes": torch.tensor([im.size])})
-    batch = LlavaCollator(proc.tokenizer.pad_token_id)(rows)
+    batch = conversation_batch(proc, images)
     assert batch["pixel_values"].shape[0] == 7 + 1  # 6 tiles + thumbnail, then 1 tile (no thumbnail)
     model.train()
     params = list(model.connector.parameters())

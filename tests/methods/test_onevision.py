@@ -31,6 +31,7 @@ from official_rules import (
     official_unpadded,
 )
 from official_rules import official_onevision_tokens as official_tokens
+from tiny_parts import conversation_batch
 
 DIMS = Dims(vision_dim=32, text_dim=48, tile_size=112, grid=8)
 
@@ -174,18 +175,11 @@ def test_config_validation(over, match):
 def test_tiny_model_trains_one_step_and_generates(tmp_path):
     from PIL import Image
 
-    from hires_vlm.data.llava_json import LlavaCollator
     from hires_vlm.tiny import build_tiny
 
     model, proc = build_tiny("onevision-anyres-max-9", text_layers=1, vision_layers=1, vocab_size=300)
     images = [Image.new("RGB", (1000, 700), (200, 30, 30)), Image.new("RGB", (120, 500), (10, 100, 30))]
-    rows = []
-    for im in images:
-        conv = [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]
-        enc = proc.encoder.encode(conv, [proc.max_visual_tokens(im.size)])
-        rows.append({"input_ids": torch.tensor(enc.input_ids), "labels": torch.tensor(enc.labels),
-                     "pixel_values": proc.image_processor([im]).pixel_values, "image_sizes": torch.tensor([im.size])})
-    batch = LlavaCollator(proc.tokenizer.pad_token_id)(rows)
+    batch = conversation_batch(proc, images)
     model.train()
     params = [p for p in model.connector.parameters()]
     before = [p.detach().clone() for p in params]

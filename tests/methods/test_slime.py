@@ -434,18 +434,11 @@ def test_a_stored_position_table_is_kept_and_an_older_save_without_one_still_loa
 
 def test_build_from_local_parts_fills_the_comma_separator(tmp_path):
     """``hires-vlm build --method slime``: the separator is the ',' of the LM's own tokenizer."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
-
     from hires_vlm.build import build_from_parts
-    from hires_vlm.text import build_bpe_tokenizer
+    from tiny_parts import save_tiny_parts
 
     torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(image_size=56, patch_size=14, hidden_size=32, intermediate_size=64,
-                                     num_hidden_layers=2, num_attention_heads=2)).save_pretrained(tmp_path / "clip")
-    tok = build_bpe_tokenizer(["a, b"], vocab_size=300, template="llama3")
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path / "lm")
-    tok.save_pretrained(tmp_path / "lm")
+    save_tiny_parts(tmp_path, corpus=["a, b"], template="llama3", vision_layers=2)
     model, proc = build_from_parts(str(tmp_path / "clip"), str(tmp_path / "lm"),
                                    {"preset": "slime", "local_queries": 4, "resampler_heads": 2})
     sep = model.connector.cfg.separator_token_id

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import grids, grids_more, ops
+from . import grids, grids_more, native, ops
 from .resample import PIXELS, Resampler
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -34,6 +34,7 @@ class GridRule(str, enum.Enum):
     FIXED = "fixed"  # INF-LLaVA official: always fixed_grid (3×3)
     FLOOR = "floor"  # INF-LLaVA paper: ⌊W/S⌋ × ⌊H/S⌋, capped
     INTERNVL = "internvl"  # InternVL dynamic tiling: closest aspect among 1..max_tiles tiles
+    NATIVE = "native"  # Qwen2-VL: no tiles, the whole image resized by smart_resize to one patch grid
 
 
 class Canvas(str, enum.Enum):
@@ -57,6 +58,7 @@ class LowRes(str, enum.Enum):
 
 
 VIEW_GLOBAL, VIEW_TILE, VIEW_STRIDED, VIEW_LOWRES = "global", "tile", "strided", "lowres"
+VIEW_NATIVE = "native"  # one variable-size view, given as flattened patches (``native.py``)
 
 
 def _enum(cls, value, name):
@@ -90,6 +92,12 @@ class ImagingSpec:
     # S px) normalised, then upsampled bicubically (float, align_corners False) to the canvas: INF-LLaVA's
     # official inference, where builder.py hands encode_images the tower's 336-px processor output.
     canvas_from_view: bool = False
+    # grid_rule 'native' (Qwen2-VL, ``native.py``): patch and merge sizes, frames per temporal patch, pixel bounds
+    patch_size: int = native.QWEN2VL_PATCH
+    merge_size: int = native.QWEN2VL_MERGE
+    temporal_patch_size: int = native.QWEN2VL_TEMPORAL
+    min_pixels: int = native.QWEN2VL_MIN_PIXELS
+    max_pixels: int = native.QWEN2VL_MAX_PIXELS
 
     def __post_init__(self):
         object.__setattr__(self, "grid_rule", _enum(GridRule, self.grid_rule, "grid_rule"))
@@ -119,9 +127,26 @@ class ImagingSpec:
             raise ValueError("global_view 'squash_if_tiled' (a thumbnail beside 2+ tiles) needs tiles: set local_tiles")
         if self.grid_rule is GridRule.ANYRES and not self.grid_candidates:
             raise ValueError("grid_rule 'anyres' needs at least one grid candidate")
-        if not (self.local_tiles or self.strided_tiles or self.global_view is not GlobalView.NONE
-                or self.lowres is not LowRes.NONE):
+        if self.grid_rule is GridRule.NATIVE:
+            self._check_native()
+        elif not (self.local_tiles or self.strided_tiles or self.global_view is not GlobalView.NONE
+                  or self.lowres is not LowRes.NONE):
             raise ValueError("the imaging spec produces no view at all")
+
+    @property
+    def is_native(self) -> bool:
+        return self.grid_rule is GridRule.NATIVE
+
+    def _check_native(self) -> None:
+        for name in ("patch_size", "merge_size", "temporal_patch_size", "min_pixels", "max_pixels"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1 for grid_rule 'native', got {getattr(self, name)}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels ({self.min_pixels}) must not exceed max_pixels ({self.max_pixels})")
+        if (self.local_tiles or self.strided_tiles or self.global_view is not GlobalView.NONE
+                or self.lowres is not LowRes.NONE or self.canvas_from_view):
+            raise ValueError("grid_rule 'native' makes one native-resolution view per image; it takes no tiles, "
+                             "global, low-resolution or upsampled views (set them off)")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -162,11 +187,17 @@ class ImagingSpec:
             return grids.floor_grid(image_size, s, self.max_cols, self.max_rows)
         if rule is GridRule.INTERNVL:
             return grids_more.internvl_grid(image_size, s, self.max_tiles)
+        if rule is GridRule.NATIVE:
+            return self.record_for(image_size).grid
         raise AssertionError(rule)
 
     def record_for(self, image_size: Sequence[int]) -> "CutRecord":
         """The cut of an image of this size, computed without touching pixels."""
         w, h = grids._check_size(image_size)
+        if self.is_native:  # grid = patches of the resized image, canvas = that size
+            nw, nh = native.native_size((w, h), self.patch_size, self.merge_size, self.min_pixels, self.max_pixels)
+            grid = (nw // self.patch_size, nh // self.patch_size)
+            return CutRecord((w, h), self.tile_size, grid, (nw, nh), (0, 0, nw, nh), (VIEW_NATIVE,))
         cols, rows = self.grid_for((w, h))
         canvas = (cols * self.tile_size, rows * self.tile_size)
         if cols == 0:
@@ -195,7 +226,11 @@ class ImagingSpec:
 
 @dataclass(frozen=True)
 class CutRecord:
-    """How one image was cut. Sizes (width, height), grid (columns, rows), views in tensor order."""
+    """How one image was cut. Sizes (width, height), grid (columns, rows), views in tensor order.
+
+    A native-resolution cut (``views == ("native",)``) has the *patch* grid of the resized image
+    (``canvas_size``) as ``grid``, and occupies one row of ``pixel_values`` per patch.
+    """
 
     image_size: tuple[int, int]
     tile_size: int
@@ -206,7 +241,14 @@ class CutRecord:
 
     @property
     def num_views(self) -> int:
+        """Rows of ``pixel_values`` this image occupies: its views, or for a native cut its patches."""
+        if self.views == (VIEW_NATIVE,):
+            return self.grid[0] * self.grid[1]
         return len(self.views)
+
+    @property
+    def is_native(self) -> bool:
+        return self.views == (VIEW_NATIVE,)
 
     def index(self, kind: str) -> list[int]:
         """Positions of the views of one kind ('global', 'tile', 'strided', 'lowres')."""
@@ -264,9 +306,11 @@ class HiResImageProcessor:
         return f"HiResImageProcessor({self.spec})"
 
     def preprocess_one(self, image: Image.Image) -> tuple[torch.Tensor, CutRecord]:
-        """One image → its views ``[v x c x S x S]`` and its cut record."""
+        """One image → its views ``[v x c x S x S]`` (native: patches ``[n x c·T·p·p]``) and its cut record."""
         image = ops.to_rgb(image)
         record = self.spec.record_for(image.size)
+        if self.spec.is_native:
+            return self._native_patches(image, record), record
         out = np.empty((record.num_views, 3, self.spec.tile_size, self.spec.tile_size), dtype=np.float32)
         self._views_into(image, record, out)
         return torch.from_numpy(out), record
@@ -373,6 +417,8 @@ class HiResImageProcessor:
         # Records come from the sizes alone, so the whole batch is allocated once and every view is
         # normalised straight into it; images are converted to RGB one at a time.
         records = [self.spec.record_for(ops.upright_size(img)) for img in images]
+        if self.spec.is_native:
+            return self._concatenate(images)
         out = np.empty((sum(r.num_views for r in records), 3, s, s), dtype=np.float32)
         start = 0
         for img, record in zip(images, records):
@@ -382,6 +428,13 @@ class HiResImageProcessor:
             self._views_into(rgb, record, out[start:start + record.num_views])
             start += record.num_views
         return ImageBatch(torch.from_numpy(out), records)
+
+    def _native_patches(self, image: Image.Image, record: CutRecord) -> torch.Tensor:
+        """The image resized to its native size, normalised, as Qwen2-VL's flattened patches."""
+        spec, px = self.spec, self._px
+        pixels = px.array(px.resize(px.prepare(image), record.canvas_size)).transpose(2, 0, 1)
+        normalised = ops.normalize_into(np.empty(pixels.shape, dtype=np.float32), pixels, spec.mean, spec.std)
+        return native.patchify(normalised, spec.patch_size, spec.merge_size, spec.temporal_patch_size)
 
     def _concatenate(self, images: Sequence[Image.Image]) -> ImageBatch:
         tensors, records = [], []

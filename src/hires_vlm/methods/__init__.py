@@ -1,6 +1,7 @@
 """Methods: each a config + a connector composed from ``connectors`` — ``llava``, ``llava_hd``,
 ``monkey``, ``slime``, ``inf_llava``, ``onevision`` (LLaVA-OneVision anyres_max), ``internvl`` (InternVL
-dynamic tiling) — with paper and official presets."""
+dynamic tiling), ``qwen2vl`` (Qwen2-VL native dynamic resolution, on its own native tower) — with paper
+and official presets."""
 
 from .base import Dims, MethodConfig, MethodOutput, TextContext, VisualMethod
 from .llava import LlavaConfig, LlavaHDConfig, LlavaHDMethod, LlavaMethod

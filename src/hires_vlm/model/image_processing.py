@@ -8,7 +8,8 @@ candidates, canvas, which views). The maths stays in :class:`~hires_vlm.imaging.
 this class translates between the two and loads what transformers hands it (PIL images, arrays,
 tensors, paths, URLs; flat or nested lists).
 
-Shapes: ``pixel_values [v x c x S x S]`` (every view of every image back to back, no padding views),
+Shapes: ``pixel_values [v x c x S x S]`` (every view of every image back to back, no padding views;
+for a native-resolution cut, Qwen2-VL's flattened patches ``[n x c·T·p·p]``),
 ``image_sizes [n x 2]`` (width, height) per image in input order.
 """
 
@@ -29,7 +30,8 @@ from ..imaging import CLIP_MEAN, CLIP_STD, CutRecord, HiResImageProcessor, Imagi
 BICUBIC = int(Image.Resampling.BICUBIC)
 #: ImagingSpec fields stored under their own names (mean, std and tile_size become image_mean, image_std, size).
 CUT_FIELDS = ("grid_rule", "grid_candidates", "max_cols", "max_rows", "max_tiles", "fixed_grid", "canvas",
-              "global_view", "local_tiles", "strided_tiles", "lowres", "canvas_from_view", "resampler")
+              "global_view", "local_tiles", "strided_tiles", "lowres", "canvas_from_view", "resampler",
+              "patch_size", "merge_size", "temporal_patch_size", "min_pixels", "max_pixels")
 
 
 class HiResImagesKwargs(ImagesKwargs, total=False):
@@ -48,6 +50,11 @@ class HiResImagesKwargs(ImagesKwargs, total=False):
     lowres: str
     canvas_from_view: bool
     resampler: str
+    patch_size: int
+    merge_size: int
+    temporal_patch_size: int
+    min_pixels: int
+    max_pixels: int
 
 
 class ImageBatchFeature(BatchFeature):
@@ -100,7 +107,8 @@ class HiResVLMImageProcessor(BaseImageProcessor):
         image_mean, image_std: the tower's normalisation (R, G, B).
         resample: the resizing filter; the imaging code resizes bicubically (``3``), the one value accepted.
         grid_rule, grid_candidates, max_cols, max_rows, max_tiles, fixed_grid, canvas, global_view, local_tiles,
-            strided_tiles, lowres, canvas_from_view, resampler: the method's cut (see ``ImagingSpec``).
+            strided_tiles, lowres, canvas_from_view, resampler, patch_size, merge_size, temporal_patch_size,
+            min_pixels, max_pixels: the method's cut (see ``ImagingSpec``; the last five: native resolution).
     """
 
     model_input_names = ["pixel_values", "image_sizes"]

@@ -10,7 +10,8 @@ strategy of transformers). Training-free token reduction (``token_reduction``: V
 tower, FastV inside the LM; ``reduction.py``) applies to every forward and generation when set.
 
 Shapes: ``input_ids [b x l]``, ``pixel_values [v x c x S x S]`` (all views of all images back to
-back), ``image_sizes [n x 2]`` (width, height) per image in placeholder order.
+back; a native-resolution tower's: flattened patches ``[n x c·T·p·p]``, ``vision/native.py``),
+``image_sizes [n x 2]`` (width, height) per image in placeholder order.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.utils import ModelOutput
 
@@ -32,7 +33,7 @@ from .. import compat
 from ..imaging import CutRecord, HiResImageProcessor, ImagingSpec
 from ..methods import Dims, MethodOutput, TextContext, VisualMethod, build_method, resolve_method_config
 from ..text import IGNORE_INDEX
-from ..vision import VisionTower
+from ..vision import build_vision_tower, check_tower_and_method
 from .configuration import HiResVLMConfig
 from .fastv import FastV, query_positions
 from .merge import expand_placeholders, pad_rows, pad_values
@@ -94,8 +95,7 @@ class HiResVLM(HiResVLMPreTrainedModel):
 
     def __init__(self, config: HiResVLMConfig):
         super().__init__(config)
-        tower = AutoModel.from_config(config.vision_config)
-        self.vision_tower = VisionTower(tower, config.vision_feature_layer, config.vision_chunk_size)
+        self.vision_tower = build_vision_tower(config)  # VisionTower, or NativeVisionTower for Qwen2-VL's
         self.vision_tower.requires_grad_(False)  # frozen unless a training stage says otherwise
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         dims = Dims(
@@ -104,7 +104,9 @@ class HiResVLM(HiResVLMPreTrainedModel):
             tile_size=self.vision_tower.tile_size,
             grid=self.vision_tower.grid,
         )
-        self.connector = build_method(resolve_method_config(config.method), dims)
+        method = resolve_method_config(config.method)
+        check_tower_and_method(self.vision_tower, method.name)
+        self.connector = build_method(method, dims)
         self._processor: HiResImageProcessor | None = None
         self.post_init()
 
@@ -221,8 +223,10 @@ class HiResVLM(HiResVLMPreTrainedModel):
         ctx = TextContext(embeddings=text, embed_tokens=self.get_input_embeddings())
         reduction = self._reduction(token_reduction)
         if reduction.visionzip and records:
+            if getattr(self.vision_tower, "native", False):
+                raise ValueError("VisionZip reduces the tokens of S×S views; a native-resolution tower has none")
             return self._encode_zipped(pixel_values, records, ctx, reduction, conn_dtype)
-        feats = self.vision_tower(pixel_values)
+        feats = self.vision_tower.encode(pixel_values, records)
         return self.connector(feats.to(conn_dtype), records, ctx)
 
     def _encode_zipped(self, pixel_values, records, ctx, reduction: TokenReduction, conn_dtype) -> MethodOutput:
@@ -294,8 +298,7 @@ class HiResVLM(HiResVLMPreTrainedModel):
             # rank executes the same modules (ZeRO-3 / FSDP collectives would hang otherwise).
             spec = self.imaging_spec
             dummy_rec = spec.record_for((spec.tile_size, spec.tile_size))
-            dummy = torch.zeros(dummy_rec.num_views, 3, spec.tile_size, spec.tile_size,
-                                device=input_ids.device, dtype=self.vision_tower.dtype)
+            dummy = self.vision_tower.blank_input(dummy_rec).to(input_ids.device, self.vision_tower.dtype)
             toks = self.encode_images(dummy, [dummy_rec], [text_embeds[0, :1]]).tokens[0]
             text_embeds = text_embeds + 0.0 * toks.sum()
 

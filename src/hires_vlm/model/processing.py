@@ -57,7 +57,9 @@ _IMAGE_PART_KEYS = ("image", "url", "path", "base64")
 
 def imaging_spec_for(config: HiResVLMConfig) -> ImagingSpec:
     """The cut a model config implies: its method's views at the tower's size, its normalisation and resampler."""
-    spec = resolve_method_config(config.method).imaging_spec(int(config.vision_config.image_size), config.image_mean,
+    from ..vision.native import tower_tile_size
+
+    spec = resolve_method_config(config.method).imaging_spec(tower_tile_size(config.vision_config), config.image_mean,
                                                             config.image_std)
     return dataclasses.replace(spec, resampler=config.image_resampler)
 

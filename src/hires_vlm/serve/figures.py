@@ -49,13 +49,19 @@ def parse_cut_request(body: Any) -> tuple[ImageRef, dict | None]:
 
 def geometry_of(model) -> Geometry:
     mc = model.config
-    return Geometry(int(mc.vision_config.image_size), int(mc.vision_config.patch_size), tuple(mc.image_mean),
+    from ..vision.native import tower_tile_size
+
+    return Geometry(tower_tile_size(mc.vision_config), int(mc.vision_config.patch_size), tuple(mc.image_mean),
                     tuple(mc.image_std), mc.image_resampler)
 
 
 def cut_figure(model, image, router: dict | None = None) -> dict:
     """``{"figure": PNG data URL, "cut": {...}}`` for ``image`` under ``model``'s method."""
     info, rec, spec = describe(image.size, model.connector.cfg, geometry_of(model))
+    if spec.is_native:
+        raise bad_request(f"{info['method']} takes the image at its native resolution (resized to "
+                          f"{rec.canvas_size[0]}x{rec.canvas_size[1]}, {info['visual_tokens']} visual tokens): there "
+                          "are no tiles or views to draw", "image", "invalid_value")
     if router is not None and not rec.grid[0]:
         raise bad_request(f"this image has no tiles under {info['method']}, so there are no local tokens to show",
                           "local_grid", "invalid_value")

@@ -196,6 +196,9 @@ class FeatureCache:
 def attach_feature_cache(model, root: str | os.PathLike, max_bytes: int) -> FeatureCache:
     """Give ``model`` (a ``HiResVLM``) a feature cache for its frozen tower; refused while the tower trains."""
     tower = model.vision_tower
+    if getattr(tower, "native", False):
+        raise ValueError("the feature cache stores the features of S×S views; a native-resolution tower (qwen2vl) "
+                         "takes each image at its own size: drop feature_cache for this model")
     if not tower.is_frozen:
         raise ValueError("the vision tower is trainable: its features change every step, so they cannot be "
                          "cached; freeze it (leave vision_tower out of the stage's trainable) or drop feature_cache")

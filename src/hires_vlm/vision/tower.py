@@ -18,7 +18,21 @@ from torch import nn
 from .. import compat
 
 
-class VisionTower(nn.Module):
+class TowerModule(nn.Module):
+    """What every tower wrapper reports about the transformers model it holds (``self.model``)."""
+
+    model: nn.Module
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def is_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.model.parameters())
+
+
+class VisionTower(TowerModule):
     def __init__(self, model: nn.Module, feature_layer: int = -2, chunk_size: int | None = None):
         super().__init__()
         self.model = model
@@ -46,14 +60,6 @@ class VisionTower(nn.Module):
         """The feature layer as an index into ``hidden_states`` (0 = embeddings, n = the last layer's output)."""
         n_layers = int(self.model.config.num_hidden_layers)
         return self.feature_layer if self.feature_layer >= 0 else n_layers + 1 + self.feature_layer
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    @property
-    def is_frozen(self) -> bool:
-        return not any(p.requires_grad for p in self.model.parameters())
 
     def _encoder_layers(self):
         """The tower's ``encoder.layers`` ModuleList (CLIP, SigLIP and most ViTs), or None."""
@@ -96,6 +102,14 @@ class VisionTower(nn.Module):
                 "only towers with no or one (CLS) extra token are supported"
             )
         return feats
+
+    def encode(self, pixel_values: torch.Tensor, records=None) -> torch.Tensor:
+        """The model's call: ``records`` (the images' cuts) matter only to a native-resolution tower (``native.py``)."""
+        return self(pixel_values)
+
+    def blank_input(self, record) -> torch.Tensor:
+        """Zero views for one image cut as ``record`` (the text-only batch's dummy image)."""
+        return torch.zeros(record.num_views, 3, self.tile_size, self.tile_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[v x c x S x S]`` → ``[v x t x d]``; v may be 0."""
