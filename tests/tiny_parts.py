@@ -33,3 +33,34 @@ def save_tiny_parts(root, corpus=("a b",), template: str = "chatml", vision_laye
                                  num_attention_heads=2, num_key_value_heads=2)).save_pretrained(lm)
     tok.save_pretrained(lm)
     return clip, lm
+
+
+def check_trains_generates_reloads(model, proc, images, tmp_path) -> list[int]:
+    """One SGD step on the connector changes every connector weight; greedy generation works; the model
+    and processor saved and loaded again give the same method, cut and answer. Returns the visual
+    tokens per image of the training forward (each equal to the processor's count)."""
+    from hires_vlm.model import HiResVLM, HiResVLMProcessor
+
+    batch = conversation_batch(proc, images)
+    model.train()
+    params = list(model.connector.parameters())
+    before = [p.detach().clone() for p in params]
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+    tokens = out.visual_tokens.tolist()
+    assert tokens == [proc.max_visual_tokens(im.size) for im in images]
+    out.loss.backward()
+    assert all(p.grad is not None for p in params)
+    torch.optim.SGD(params, lr=0.1).step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, params))
+    inp = proc(["What is it?", "Describe."], images)
+    new = model.eval().generate(**inp, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    assert new.shape == (len(images), 2)
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    loaded, loaded_proc = HiResVLM.from_pretrained(tmp_path).eval(), HiResVLMProcessor.from_pretrained(tmp_path)
+    assert loaded.connector.cfg == model.connector.cfg
+    again = loaded_proc(["What is it?", "Describe."], images)
+    assert again["pixel_values"].shape == inp["pixel_values"].shape
+    assert torch.equal(loaded.generate(**again, max_new_tokens=2, min_new_tokens=2, do_sample=False), new)
+    return tokens

@@ -18,6 +18,7 @@ from hires_vlm.model import HiResVLM, HiResVLMProcessor
 
 from importer_parts import (clip_features, llava_config, mlp2x, plain_tokenizer, prefixed, rand, save_vision_dir,
                        tiny_clip, tiny_llama, write_checkpoint)
+from official_rules import official_select_best_resolution
 
 TILE, PATCH, DV = 56, 14, 32
 PINPOINTS_WH = [[56, 112], [112, 56], [112, 112]]  # original LLaVA: (width, height)
@@ -123,23 +124,10 @@ def test_llava15_bin_matches_reference(llava15, tmp_path):
     assert model.generate(**inputs, max_new_tokens=2).shape == (1, 2)
 
 
-def _select_best_wh(size, pinpoints):
-    """Original LLaVA's select_best_resolution over (width, height) pinpoints (strict comparisons)."""
-    w, h = size
-    best, best_eff, best_waste = None, -1, float("inf")
-    for cw, ch in pinpoints:
-        s = min(cw / w, ch / h)
-        eff = min(int(w * s) * int(h * s), w * h)
-        waste = cw * ch - eff
-        if eff > best_eff or (eff == best_eff and waste < best_waste):
-            best, best_eff, best_waste = (cw, ch), eff, waste
-    return best
-
-
 def _next_layout(state, feats, image_size, newline):
     """haotian-liu/LLaVA ``spatial_unpad``: base, then tiles as one raster, unpadded (int()), newline per row."""
     g = TILE // PATCH
-    cw, ch = _select_best_wh(image_size, PINPOINTS_WH)
+    cw, ch = official_select_best_resolution(image_size, PINPOINTS_WH)
     cols, rows = cw // TILE, ch // TILE
     proj = _projector(state, feats)
     base, tiles = proj[0], proj[1:]

@@ -31,7 +31,7 @@ from official_rules import (
     official_unpadded,
 )
 from official_rules import official_onevision_tokens as official_tokens
-from tiny_parts import conversation_batch
+from tiny_parts import check_trains_generates_reloads
 
 DIMS = Dims(vision_dim=32, text_dim=48, tile_size=112, grid=8)
 
@@ -179,30 +179,7 @@ def test_tiny_model_trains_one_step_and_generates(tmp_path):
 
     model, proc = build_tiny("onevision-anyres-max-9", text_layers=1, vision_layers=1, vocab_size=300)
     images = [Image.new("RGB", (1000, 700), (200, 30, 30)), Image.new("RGB", (120, 500), (10, 100, 30))]
-    batch = conversation_batch(proc, images)
-    model.train()
-    params = [p for p in model.connector.parameters()]
-    before = [p.detach().clone() for p in params]
-    out = model(**batch)
-    assert torch.isfinite(out.loss)
-    assert out.visual_tokens.tolist() == [proc.max_visual_tokens(im.size) for im in images] == [644, 504]
-    out.loss.backward()
-    assert all(p.grad is not None for p in params)
-    torch.optim.SGD(params, lr=0.1).step()
-    assert all(not torch.equal(a, b) for a, b in zip(before, params))
-    inp = proc(["What is it?", "Describe."], images)
-    new = model.eval().generate(**inp, max_new_tokens=2, min_new_tokens=2, do_sample=False)
-    assert new.shape == (2, 2)
-    # saved and loaded: the same method, cut and answer
-    from hires_vlm.model import HiResVLM, HiResVLMProcessor
-
-    model.save_pretrained(tmp_path)
-    proc.save_pretrained(tmp_path)
-    loaded, loaded_proc = HiResVLM.from_pretrained(tmp_path).eval(), HiResVLMProcessor.from_pretrained(tmp_path)
-    assert loaded.connector.cfg == model.connector.cfg
-    again = loaded_proc(["What is it?", "Describe."], images)
-    assert again["pixel_values"].shape == inp["pixel_values"].shape
-    assert torch.equal(loaded.generate(**again, max_new_tokens=2, min_new_tokens=2, do_sample=False), new)
+    assert check_trains_generates_reloads(model, proc, images, tmp_path) == [644, 504]
 
 
 def test_cli_inspect_json(tmp_path, capsys):
